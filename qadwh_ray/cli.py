@@ -1,0 +1,130 @@
+"""``qadwh`` — one command-line entry point with subcommands.
+
+Every subcommand is a function taking parsed arguments; errors a user can fix
+(bad config, missing file) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from qadwh_ray import storage
+
+
+def _bits(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bits expects comma-separated integers, got {text!r}") from None
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML training config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from qadwh_ray.learning.datasets import load_retrieval_data
+
+    data = load_retrieval_data(args.dataset, args.split_seed, args.val_fraction)
+    print(data.summary())
+    per_class = data.query_labels.sum(axis=0).tolist()
+    print(f"query labels per class: {per_class}")
+    if args.out:
+        uri = storage.join(args.out, "split.json")
+        data.split.save(uri)
+        print(f"split saved to {uri}")
+    return 0
+
+
+def cmd_train_local(args: argparse.Namespace) -> int:
+    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.learning.local import train_local
+
+    cfg = load_config(args.config, args.set)
+    ckpt = storage.join(args.out, "model.pt")
+    result = train_local(cfg, checkpoint_uri=ckpt, progress=not args.quiet)
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s; checkpoint: {ckpt}")
+    return 0
+
+
+def _ablation(args: argparse.Namespace, forms: list[str]) -> int:
+    from qadwh_ray.learning.ablation import run_ablation, summarize_order
+    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.learning.evaluate import format_table
+
+    cfg = load_config(args.config, args.set)
+    start = time.perf_counter()
+    rows, runs = run_ablation(cfg, args.bits, forms, out_dir=args.out, progress=not args.quiet)
+    print()
+    print(f"Ablation on {cfg.dataset} (split seed {cfg.split_seed}, backbone {cfg.backbone}, {cfg.epochs} epochs):")
+    print(format_table(rows))
+    for line in summarize_order(rows):
+        print(line)
+    print("training seconds: " + ", ".join(f"{r['method']}@{r['nbits']} {r['train_seconds']}" for r in runs))
+    print(f"total {time.perf_counter() - start:.0f} s; report and checkpoints in {args.out}")
+    return 0
+
+
+def cmd_evaluate_local(args: argparse.Namespace) -> int:
+    return _ablation(args, args.forms.split(","))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: end to end on embedded defaults (local for now)."""
+    if not args.full:
+        args.set = [f"epochs={args.epochs}"] + args.set
+    return _ablation(args, ["plain", "paper", "reference"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qadwh", description="Query-adaptive Deep Weighted Hashing on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="load a dataset, make its seeded paper-protocol split, print a summary")
+    p.add_argument("--dataset", default="fashion", choices=["fashion", "fashion-multilabel"])
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", help="directory or URI to save split.json in")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train-local", help="train one model in this process (no Ray)")
+    _add_config_args(p)
+    p.add_argument("--out", default="runs/local", help="directory or URI for model.pt")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_local)
+
+    p = sub.add_parser("evaluate-local", help="train NINH / QaDWH (paper, reference) locally and print the ablation table")
+    _add_config_args(p)
+    p.add_argument("--bits", type=_bits, default=[12, 24, 32, 48])
+    p.add_argument("--forms", default="plain,paper,reference", help="triplet forms to train: plain (NINH), paper, reference")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate_local)
+
+    p = sub.add_parser("run", help="the main job, end to end on embedded defaults")
+    _add_config_args(p)
+    p.add_argument("--full", action="store_true", help="full-length run: every code length, the config's epochs")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per model in the quick run (ignored with --full)")
+    p.add_argument("--bits", type=_bits, default=None)
+    p.add_argument("--out", default="runs/main")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run" and args.bits is None:
+        args.bits = [12, 24, 32, 48] if args.full else [48]
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"qadwh {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Binary codes: packing bits into bytes and back.
+
+Convention (DESIGN.md §7, FAISS's ``fvec2bitvec``): bit ``t`` of code position
+``8*j + t`` is stored in byte ``j`` at bit position ``t`` — little-endian within
+each byte. Code lengths are multiples of 8, so a code is exactly ``nbits // 8``
+bytes and packed codes are C-contiguous ``uint8`` arrays of shape ``(n, nbits//8)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BIT_ORDER = "little"
+
+
+def check_nbits(nbits: int) -> int:
+    """Return ``nbits`` as int after checking it is a positive multiple of 8."""
+    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)):
+        raise TypeError(f"code length must be an integer number of bits, got {nbits!r}")
+    nbits = int(nbits)
+    if nbits <= 0 or nbits % 8:
+        raise ValueError(f"code length must be a positive multiple of 8 bits, got {nbits}")
+    return nbits
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """Pack a ``(n, nbits)`` array of 0/1 (bool or integer) into ``(n, nbits//8)`` uint8."""
+    bits = np.asarray(bits)
+    if bits.ndim != 2:
+        raise ValueError(f"bits must be a 2-D (n, nbits) array, got shape {bits.shape}")
+    check_nbits(bits.shape[1])
+    if bits.dtype != np.bool_:
+        if not np.issubdtype(bits.dtype, np.integer):
+            raise TypeError(f"bits must be bool or integer 0/1, got dtype {bits.dtype}")
+        if bits.size and (bits.min() < 0 or bits.max() > 1):
+            raise ValueError("bits must contain only 0 and 1")
+    return np.ascontiguousarray(np.packbits(bits.astype(bool), axis=1, bitorder=BIT_ORDER))
+
+
+def unpack_bits(codes: np.ndarray, nbits: int | None = None) -> np.ndarray:
+    """Unpack ``(n, nbytes)`` uint8 codes into a ``(n, nbits)`` uint8 array of 0/1."""
+    codes = check_codes(codes, nbits)
+    return np.unpackbits(codes, axis=1, bitorder=BIT_ORDER)
+
+
+def binarize(h: np.ndarray) -> np.ndarray:
+    """Codes from sigmoid activations: b = 1[h >= 0.5] (DESIGN.md §2), packed."""
+    h = np.asarray(h)
+    if not np.issubdtype(h.dtype, np.floating):
+        raise TypeError(f"activations must be floating point, got dtype {h.dtype}")
+    return pack_bits(h >= 0.5)
+
+
+def check_codes(codes: np.ndarray, nbits: int | None = None, name: str = "codes") -> np.ndarray:
+    """Validate packed codes and return them C-contiguous.
+
+    ``codes`` must be a 2-D uint8 array; when ``nbits`` is given, each row must
+    be exactly ``nbits // 8`` bytes.
+    """
+    if not isinstance(codes, np.ndarray):
+        raise TypeError(f"{name} must be a numpy uint8 array, got {type(codes).__name__}")
+    if codes.dtype != np.uint8:
+        raise TypeError(f"{name} must have dtype uint8 (packed bits), got {codes.dtype}")
+    if codes.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, nbytes), got shape {codes.shape}")
+    if codes.shape[1] == 0:
+        raise ValueError(f"{name} have zero bytes per code")
+    if nbits is not None:
+        nbits = check_nbits(nbits)
+        if codes.shape[1] * 8 != nbits:
+            raise ValueError(
+                f"{name} have {codes.shape[1]} bytes ({codes.shape[1] * 8} bits) per code, "
+                f"expected {nbits // 8} bytes for {nbits}-bit codes"
+            )
+    return np.ascontiguousarray(codes)

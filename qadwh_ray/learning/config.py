@@ -1,0 +1,150 @@
+"""Training configuration: a dataclass loaded from YAML that rejects unknown keys.
+
+Defaults are the setting measured in docs/results.md for the compact backbone on
+Fashion-MNIST; the paper's VGG-19 setting is ``configs/paper-vgg19.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+
+import yaml
+
+from qadwh_ray.core.bits import check_nbits
+from qadwh_ray.model.config import BACKBONES, ModelConfig
+
+DATASETS = ("fashion", "fashion-multilabel")
+TRIPLET_FORMS = ("paper", "reference", "plain")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "fashion"
+    split_seed: int = 0
+    val_fraction: float = 0.1  # held out of the training images for validation MAP
+    # model
+    backbone: str = "compact"
+    nbits: int = 48
+    pretrained: str | None = None
+    image_size: int = 28
+    # objective: L = L_tri + λ L_cls (eq. 10, 11)
+    triplet_form: str = "paper"  # paper | reference | plain (NINH: W ≡ 1, frozen)
+    margin: float = 2.0
+    cls_weight: float = 1.0  # λ
+    triplets: str = "all"  # all valid triplets of the (global) batch, or `sample`
+    triplets_per_anchor: int = 16
+    weight_norm: bool = True  # keep each class row of W at mean 1 (see docs/results.md)
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step_epochs: int = 20  # divide lr by 1/lr_gamma every this many epochs (step decay)
+    lr_gamma: float = 0.1
+    epochs: int = 30
+    classes_per_batch: int = 8
+    images_per_class: int = 8  # batch = classes_per_batch × images_per_class
+    augment: bool = True
+    seed: int = 0
+    max_steps: int | None = None
+    # distributed (Ray Train)
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        check_nbits(self.nbits)
+        if self.triplet_form not in TRIPLET_FORMS:
+            raise ValueError(f"unknown triplet_form {self.triplet_form!r}; choose one of {', '.join(TRIPLET_FORMS)}")
+        if self.triplets not in ("all", "sample"):
+            raise ValueError(f"triplets must be 'all' or 'sample', got {self.triplets!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("lr", "margin", "epochs", "classes_per_batch", "images_per_class", "num_workers", "cpus_per_worker"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.classes_per_batch < 2 or self.images_per_class < 2:
+            raise ValueError("batches need ≥2 classes and ≥2 images per class so every anchor has a positive and a negative")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.cls_weight < 0 or self.weight_decay < 0:
+            raise ValueError("cls_weight and weight_decay must be non-negative")
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.images_per_class
+
+    @property
+    def num_classes(self) -> int:
+        return 10  # both built-in datasets are Fashion-MNIST based
+
+    def model_config(self) -> ModelConfig:
+        size = 56 if self.dataset == "fashion-multilabel" and self.image_size == 28 else self.image_size
+        return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=self.num_classes, image_size=size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainConfig":
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(name: str, text: str, annotation) -> object:
+    """Turn a ``--set`` value into the field's type (YAML scalars for the rest)."""
+    value = yaml.safe_load(text)
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None and type(None) in hints:
+        return None
+    if float in hints and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not any(isinstance(value, h) and not (h is int and isinstance(value, bool)) for h in hints if isinstance(h, type)):
+        raise ValueError(f"--set {name}={text}: expected {annotation}, got {type(value).__name__}")
+    return value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["lr=0.01", "nbits=32"]`` → typed dict; unknown keys and bad values are errors."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        key = key.strip()
+        if key not in hints:
+            raise ValueError(f"unknown config key {key!r} in --set {pair}")
+        out[key] = _coerce(key, text, hints[key])
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + ``--set key=value`` overrides → a validated TrainConfig."""
+    data: dict = {}
+    if path:
+        from qadwh_ray import storage
+
+        try:
+            data = yaml.safe_load(storage.read_bytes(path)) or {}
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"config file not found: {path}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a YAML mapping of config keys")
+    data.update(parse_overrides(overrides))
+    return TrainConfig.from_dict(data)

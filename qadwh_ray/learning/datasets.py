@@ -1,0 +1,71 @@
+"""The retrieval experiment's data: train / validation / query / database parts.
+
+Both built-in datasets follow the paper protocol of DESIGN.md §4 with a saved,
+seeded split; validation images are held out of the training images, never
+taken from the query set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qadwh_ray.core.labels import as_label_matrix
+from qadwh_ray.data.split import Split, paper_split, validation_split
+
+
+@dataclass
+class RetrievalData:
+    name: str
+    split: Split
+    train_images: np.ndarray
+    train_labels: np.ndarray  # (n, c) uint8 0/1
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    query_images: np.ndarray
+    query_labels: np.ndarray
+    db_images: np.ndarray
+    db_labels: np.ndarray
+    db_ids: np.ndarray  # ids = row numbers in the source dataset, so results are traceable
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: train {len(self.train_images)}, val {len(self.val_images)}, "
+            f"queries {len(self.query_images)}, database {len(self.db_images)} (split seed {self.split.seed})"
+        )
+
+
+def load_retrieval_data(dataset: str = "fashion", split_seed: int = 0, val_fraction: float = 0.1) -> RetrievalData:
+    if dataset == "fashion":
+        from qadwh_ray.data.fashion import load_fashion_mnist
+
+        images, classes = load_fashion_mnist()
+        labels = as_label_matrix(classes, 10)
+        split = paper_split(classes, seed=split_seed)
+        strata = classes
+    elif dataset == "fashion-multilabel":
+        from qadwh_ray.data.multilabel import fashion_multilabel
+
+        mosaics = fashion_multilabel(seed=split_seed)  # 1,000 queries, 5,000 train, 24,000 database
+        images, labels, split = mosaics.images, mosaics.label_matrix, mosaics.split
+        strata = None
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose fashion or fashion-multilabel")
+    if val_fraction > 0:
+        train_idx, val_idx = validation_split(split.train, val_fraction, seed=split_seed, labels=strata)
+    else:
+        train_idx, val_idx = split.train, split.train[:0]
+    return RetrievalData(
+        name=dataset,
+        split=split,
+        train_images=images[train_idx],
+        train_labels=labels[train_idx],
+        val_images=images[val_idx],
+        val_labels=labels[val_idx],
+        query_images=images[split.query],
+        query_labels=labels[split.query],
+        db_images=images[split.database],
+        db_labels=labels[split.database],
+        db_ids=np.asarray(split.database, dtype=np.int64),
+    )

@@ -1,0 +1,77 @@
+"""Optimiser, schedule, one training step and validation MAP: the pieces both
+the local trainer and the Ray Train worker loop are made of."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
+from qadwh_ray.core.metrics import mean_average_precision
+from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.learning.objective import Gather, LossParts, batch_objective, project_weights_
+from qadwh_ray.model.encode import encode
+from qadwh_ray.model.network import HashingNetwork
+
+
+def unwrap(model: torch.nn.Module) -> HashingNetwork:
+    return getattr(model, "module", model)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """W gets no weight decay: its scale is fixed by the projection, not by decay."""
+    net = unwrap(model)
+    if cfg.triplet_form == "plain":
+        net.W.requires_grad_(False)  # NINH: every bit weighs 1, frozen
+    decayed = [p for name, p in net.named_parameters() if p.requires_grad and name != "W"]
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
+    if net.W.requires_grad:
+        groups.append({"params": [net.W], "weight_decay": 0.0})
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Step decay per epoch (the paper divides the rate by 10 at fixed steps)."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    gather: Gather | None = None,
+) -> LossParts:
+    """Forward, joint loss, backward, update, then keep W feasible."""
+    model.train()
+    out = model(x)
+    parts = batch_objective(out, labels, unwrap(model).W, cfg, rng, gather)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    if cfg.triplet_form != "plain":
+        project_weights_(unwrap(model).W, cfg.weight_norm)
+    return parts
+
+
+def validation_map(
+    model: torch.nn.Module,
+    query_images: np.ndarray,
+    query_labels: np.ndarray,
+    db_images: np.ndarray,
+    db_labels: np.ndarray,
+    weighted: bool = True,
+) -> float:
+    """MAP of held-out training images against the rest of the training set."""
+    net = unwrap(model)
+    q = encode(net, query_images)
+    d = encode(net, db_images)
+    if weighted:
+        dist = weighted_hamming_distances(q.codes, d.codes, q.qadwh_weights.astype(np.float64))
+    else:
+        dist = hamming_distances(q.codes, d.codes)
+    return float(mean_average_precision(dist, query_labels, db_labels))

@@ -1,0 +1,85 @@
+"""Checkpoints that carry their model config, so loading rebuilds the exact network.
+
+One file (``torch.save`` of a plain dict) on any storage URI: a local path or
+``s3://``. The same payload serves the local trainer, Ray Train checkpoints
+(which put this file in their directory), indexing and serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import torch
+
+from qadwh_ray import storage
+from qadwh_ray.model.config import ModelConfig
+from qadwh_ray.model.network import HashingNetwork
+
+FORMAT = "qadwh-checkpoint/1"
+FILENAME = "model.pt"  # name inside a checkpoint directory
+
+
+def _unwrap(model: torch.nn.Module) -> HashingNetwork:
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the network
+    if not isinstance(inner, HashingNetwork):
+        raise TypeError(f"expected a HashingNetwork, got {type(inner).__name__}")
+    return inner
+
+
+def checkpoint_bytes(model: torch.nn.Module, **extra: Any) -> bytes:
+    """Serialise the model (config + weights, W included) plus any extra state."""
+    net = _unwrap(model)
+    payload = {
+        "format": FORMAT,
+        "model_config": net.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        **extra,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(uri: str, model: torch.nn.Module, **extra: Any) -> str:
+    """Write a checkpoint to ``uri`` (a file path or object URI); returns its SHA-256."""
+    data = checkpoint_bytes(model, **extra)
+    storage.write_bytes(uri, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def resolve_checkpoint_uri(uri: str) -> str:
+    """Accept a checkpoint file or a directory holding ``model.pt`` (a Ray Train checkpoint)."""
+    if storage.exists(storage.join(uri, FILENAME)):
+        return storage.join(uri, FILENAME)
+    return uri
+
+
+def load_payload(uri: str) -> dict:
+    """The raw checkpoint dict; clear errors for a missing or foreign file."""
+    uri = resolve_checkpoint_uri(uri)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"checkpoint not found: {uri}") from exc
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or truncated file
+        raise ValueError(f"{uri} is not a readable qadwh checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{uri} is not a qadwh checkpoint (expected format {FORMAT})")
+    payload["sha256"] = hashlib.sha256(data).hexdigest()
+    payload["uri"] = uri
+    return payload
+
+
+def model_from_payload(payload: dict) -> HashingNetwork:
+    model = HashingNetwork(ModelConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def load_checkpoint(uri: str) -> HashingNetwork:
+    """Rebuild the network from a checkpoint, in eval mode on the CPU."""
+    return model_from_payload(load_payload(uri))

@@ -1,0 +1,44 @@
+"""What a checkpoint needs to rebuild the exact architecture."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from qadwh_ray.core.bits import check_nbits
+
+BACKBONES = ("compact", "resnet18", "resnet50", "vgg19")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "compact"
+    nbits: int = 48
+    num_classes: int = 10
+    in_channels: int = 1  # 1 = grayscale input (repeated to 3 channels for ImageNet backbones)
+    image_size: int = 28
+    # Normalisation applied by encode(); stored so a checkpoint encodes raw pixels on its own.
+    mean: float = 0.2860
+    std: float = 0.3530
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        check_nbits(self.nbits)
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)

@@ -1,0 +1,74 @@
+"""Raw images → packed codes and query-adaptive weights, in batches, one definition.
+
+Indexing, serving, evaluation and benchmarks all call ``encode`` so a database
+code and a query code of the same image are the same bytes everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qadwh_ray.core.bits import pack_bits
+from qadwh_ray.data.transforms import resize, to_float_tensor
+from qadwh_ray.model.network import HashingNetwork
+
+
+@dataclass
+class EncodeResult:
+    codes: np.ndarray  # (n, nbits/8) uint8, packed little-endian
+    qadwh_weights: np.ndarray  # (n, nbits) float32, eq. 14
+    dwh_weights: np.ndarray  # (nbits,) float32
+    logits: np.ndarray  # (n, c) float32
+    features: np.ndarray | None = None  # (n, d) float32 when asked for
+
+
+def preprocess(model: HashingNetwork, images: np.ndarray) -> torch.Tensor:
+    """uint8 pixels → the normalised float tensor the network was trained on."""
+    cfg = model.config
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 pixels, got dtype {images.dtype}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images must be (n, H, W) or (n, H, W, C), got shape {images.shape}")
+    x = to_float_tensor(images, mean=cfg.mean, std=cfg.std)
+    if x.shape[-2:] != (cfg.image_size, cfg.image_size):
+        x = resize(x, cfg.image_size)  # e.g. 28×28 Fashion-MNIST into a 224×224 VGG-19
+    if x.shape[1] != cfg.in_channels:
+        if cfg.in_channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+@torch.inference_mode()
+def encode(
+    model: HashingNetwork,
+    images: np.ndarray,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+    with_features: bool = False,
+) -> EncodeResult:
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    codes, weights, logits, feats = [], [], [], []
+    for start in range(0, len(images), batch_size):
+        x = preprocess(model, images[start : start + batch_size]).to(device)
+        out = model(x)
+        codes.append(pack_bits((out.h >= 0.5).cpu().numpy()))
+        weights.append(model.query_weights(out.logits).float().cpu().numpy())
+        logits.append(out.logits.float().cpu().numpy())
+        if with_features:
+            feats.append(out.features.float().cpu().numpy())
+    nbytes = model.config.nbits // 8
+    return EncodeResult(
+        codes=np.concatenate(codes) if codes else np.zeros((0, nbytes), np.uint8),
+        qadwh_weights=np.concatenate(weights) if weights else np.zeros((0, model.config.nbits), np.float32),
+        dwh_weights=model.dwh_weights().detach().float().cpu().numpy(),
+        logits=np.concatenate(logits) if logits else np.zeros((0, model.config.num_classes), np.float32),
+        features=(np.concatenate(feats) if feats else None) if with_features else None,
+    )

@@ -1,0 +1,48 @@
+"""The two-stream hashing network of QaDWH (DESIGN.md §2).
+
+backbone → f;  h = sigmoid(A f + a) ∈ (0,1)^q;  z = C f + c (class logits);
+W ∈ R≥0^{c×q}, the class-wise bit weights, initialised to 1 and kept inside the
+module so that DDP synchronises it like any other parameter.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from qadwh_ray.model.backbones import build_backbone
+from qadwh_ray.model.config import ModelConfig
+
+
+class HashOutput(NamedTuple):
+    features: torch.Tensor  # (n, d) penultimate features (LSH/ITQ baselines use them)
+    h: torch.Tensor  # (n, q) sigmoid activations; code = h >= 0.5
+    logits: torch.Tensor  # (n, c)
+
+
+class HashingNetwork(nn.Module):
+    def __init__(self, config: ModelConfig, pretrained: str | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone, dim = build_backbone(config.backbone, config.in_channels, pretrained)
+        self.hash_head = nn.Linear(dim, config.nbits)
+        self.class_head = nn.Linear(dim, config.num_classes)
+        self.W = nn.Parameter(torch.ones(config.num_classes, config.nbits))
+
+    def forward(self, x: torch.Tensor) -> HashOutput:
+        f = self.backbone(x)
+        return HashOutput(f, torch.sigmoid(self.hash_head(f)), self.class_head(f))
+
+    def query_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """Query-adaptive bit weights w_q = softmax(z_q)ᵀ W (eq. 14)."""
+        return torch.softmax(logits, dim=1) @ self.W.clamp(min=0)
+
+    def dwh_weights(self) -> torch.Tensor:
+        """DWH's one fixed weight vector: the mean of the class rows."""
+        return self.W.clamp(min=0).mean(dim=0)
+
+
+def build_model(config: ModelConfig, pretrained: str | None = None) -> HashingNetwork:
+    return HashingNetwork(config, pretrained)

@@ -1,0 +1,75 @@
+"""Packing convention: little-endian bits within each byte (DESIGN.md §7)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from qadwh_ray.core.bits import binarize, check_codes, check_nbits, pack_bits, unpack_bits
+
+
+def test_bit_order_is_little_endian_within_byte():
+    bits = np.zeros((1, 16), dtype=np.uint8)
+    bits[0, 0] = 1  # bit 0 of byte 0 -> value 1
+    bits[0, 9] = 1  # bit 1 of byte 1 -> value 2
+    assert pack_bits(bits).tolist() == [[1, 2]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda nbytes: arrays(np.uint8, st.tuples(st.integers(0, 5), st.just(8 * nbytes)), elements=st.integers(0, 1))
+    )
+)
+def test_pack_unpack_roundtrip(bits):
+    codes = pack_bits(bits)
+    assert codes.dtype == np.uint8 and codes.shape == (bits.shape[0], bits.shape[1] // 8)
+    assert codes.flags.c_contiguous
+    np.testing.assert_array_equal(unpack_bits(codes, bits.shape[1]), bits)
+    # manual reference: byte j = sum_t bit_{8j+t} * 2^t
+    ref = (bits.reshape(bits.shape[0], bits.shape[1] // 8, 8).astype(np.int64) << np.arange(8)).sum(-1)
+    np.testing.assert_array_equal(codes, ref)
+
+
+def test_binarize_threshold_half():
+    h = np.array([[0.49, 0.5, 0.51, 0.0, 1.0, 0.2, 0.7, 0.5]])
+    np.testing.assert_array_equal(unpack_bits(binarize(h))[0], [0, 1, 1, 0, 1, 0, 1, 1])
+    with pytest.raises(TypeError, match="floating"):
+        binarize(np.ones((1, 8), dtype=np.int64))
+
+
+@pytest.mark.parametrize("nbits", [0, -8, 7, 12])
+def test_check_nbits_rejects(nbits):
+    with pytest.raises(ValueError, match=str(nbits)):
+        check_nbits(nbits)
+
+
+def test_check_nbits_types():
+    assert check_nbits(np.int64(48)) == 48
+    with pytest.raises(TypeError):
+        check_nbits(True)
+    with pytest.raises(TypeError):
+        check_nbits(8.0)
+
+
+def test_pack_bits_rejects_bad_input():
+    with pytest.raises(ValueError, match="0 and 1"):
+        pack_bits(np.full((1, 8), 2))
+    with pytest.raises(ValueError, match="2-D"):
+        pack_bits(np.zeros(8, dtype=np.uint8))
+    with pytest.raises(TypeError, match="dtype"):
+        pack_bits(np.zeros((1, 8), dtype=np.float32))
+
+
+def test_check_codes_rejects():
+    with pytest.raises(TypeError, match="uint8"):
+        check_codes(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(TypeError, match="numpy"):
+        check_codes([[1, 2]])
+    with pytest.raises(ValueError, match="2-D"):
+        check_codes(np.zeros(4, dtype=np.uint8))
+    with pytest.raises(ValueError, match="expected 6 bytes"):
+        check_codes(np.zeros((2, 4), dtype=np.uint8), nbits=48)
+    out = check_codes(np.zeros((4, 4), dtype=np.uint8)[:, ::2])
+    assert out.flags.c_contiguous

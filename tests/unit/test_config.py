@@ -1,0 +1,39 @@
+import pytest
+
+from qadwh_ray.learning.config import TrainConfig, load_config, parse_overrides
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("nbits: 32\nlr: 0.01\ntriplet_form: reference\n")
+    cfg = load_config(str(path), ["epochs=3", "lr=1", "pretrained=null"])
+    assert (cfg.nbits, cfg.lr, cfg.epochs, cfg.triplet_form, cfg.pretrained) == (32, 1.0, 3, "reference", None)
+    assert isinstance(cfg.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [("nbitz: 32\n", "unknown config keys: nbitz"), ("nbits: 12\n", "multiple of 8"),
+     ("triplet_form: cosine\n", "unknown triplet_form"), ("- 1\n", "YAML mapping")],
+)
+def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(str(path))
+
+
+def test_bad_overrides():
+    with pytest.raises(ValueError, match="unknown config key 'lrr'"):
+        parse_overrides(["lrr=0.1"])
+    with pytest.raises(ValueError, match="expected"):
+        parse_overrides(["epochs=many"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["epochs"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config("/nonexistent/nope.yaml")
+
+
+def test_round_trip_dict():
+    cfg = TrainConfig(nbits=24, margin=3.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qadwh_ray.core import hamming
+from qadwh_ray.core.bits import unpack_bits
+from qadwh_ray.core.hamming import (
+    byte_lookup_tables,
+    hamming_distances,
+    weighted_hamming_distances,
+    weighted_hamming_from_tables,
+)
+
+
+def _brute_hamming(q, d):
+    qb, db = unpack_bits(q).astype(int), unpack_bits(d).astype(int)
+    return np.array([[int((qb[i] != db[j]).sum()) for j in range(len(db))] for i in range(len(qb))])
+
+
+def _brute_weighted(q, d, w):
+    qb, db = unpack_bits(q), unpack_bits(d)
+    w = np.broadcast_to(w, qb.shape)
+    return np.array([[sum(w[i, k] for k in range(qb.shape[1]) if qb[i, k] != db[j, k]) for j in range(len(db))]
+                     for i in range(len(qb))])
+
+
+def _codes(rng, n, nbytes):
+    return rng.integers(0, 256, size=(n, nbytes), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("nbytes", [1, 2, 3, 4, 6, 8, 16])  # uint8 / uint16 / uint32 / uint64 word paths
+def test_hamming_matches_brute_force(nbytes):
+    rng = np.random.default_rng(nbytes)
+    q, d = _codes(rng, 5, nbytes), _codes(rng, 9, nbytes)
+    out = hamming_distances(q, d)
+    assert out.dtype == np.int32 and out.shape == (5, 9)
+    np.testing.assert_array_equal(out, _brute_hamming(q, d))
+
+
+def test_hamming_chunked_equals_unchunked(monkeypatch):
+    rng = np.random.default_rng(1)
+    q, d = _codes(rng, 13, 8), _codes(rng, 21, 8)
+    full = hamming_distances(q, d)
+    monkeypatch.setattr(hamming, "_CELLS_PER_CHUNK", 25)
+    np.testing.assert_array_equal(hamming_distances(q, d), full)
+    w = rng.random((13, 64))
+    wfull = weighted_hamming_distances(q, d, w)
+    np.testing.assert_array_equal(weighted_hamming_distances(q, d, w), wfull)
+
+
+def test_hamming_extremes_and_empty():
+    a = np.zeros((1, 8), dtype=np.uint8)
+    b = np.full((1, 8), 255, dtype=np.uint8)
+    assert hamming_distances(a, b)[0, 0] == 64
+    assert hamming_distances(a, a)[0, 0] == 0
+    assert hamming_distances(a[:0], b).shape == (0, 1)
+    assert weighted_hamming_distances(a, b[:0], np.ones(64)).shape == (1, 0)
+
+
+def test_hamming_rejects_mismatch():
+    with pytest.raises(ValueError, match="6 bytes.*4 bytes|4 bytes.*6 bytes"):
+        hamming_distances(np.zeros((1, 6), np.uint8), np.zeros((1, 4), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        hamming_distances(np.zeros((1, 6), np.int32), np.zeros((1, 6), np.uint8))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_weighted_matches_brute_force(nbytes, seed):
+    rng = np.random.default_rng(seed)
+    q, d = _codes(rng, 3, nbytes), _codes(rng, 6, nbytes)
+    w = rng.random((3, nbytes * 8)) * 3
+    w[rng.random(w.shape) < 0.2] = 0.0
+    out = weighted_hamming_distances(q, d, w)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, _brute_weighted(q, d, w), rtol=0, atol=1e-12)
+
+
+def test_weighted_one_vector_and_ones():
+    rng = np.random.default_rng(3)
+    q, d = _codes(rng, 4, 6), _codes(rng, 7, 6)
+    w = rng.random(48)
+    np.testing.assert_allclose(weighted_hamming_distances(q, d, w), _brute_weighted(q, d, w), atol=1e-12)
+    np.testing.assert_array_equal(weighted_hamming_distances(q, d, np.ones(48)), hamming_distances(q, d))
+
+
+def test_weighted_equals_linear_form():
+    """D(q,x) = sum_k w_k q_k + sum_k w_k (1 - 2 q_k) b_xk (DESIGN.md §3)."""
+    rng = np.random.default_rng(4)
+    q, d = _codes(rng, 5, 4), _codes(rng, 30, 4)
+    w = rng.random((5, 32))
+    qb, db = unpack_bits(q).astype(float), unpack_bits(d).astype(float)
+    lin = (w * qb).sum(1)[:, None] + (w * (1 - 2 * qb)) @ db.T
+    np.testing.assert_allclose(weighted_hamming_distances(q, d, w), lin, atol=1e-12)
+
+
+def test_tables_definition():
+    rng = np.random.default_rng(5)
+    q = _codes(rng, 2, 2)
+    w = rng.random((2, 16))
+    T = byte_lookup_tables(q, w)
+    assert T.shape == (2, 2, 256)
+    qb = unpack_bits(q)
+    for i in range(2):
+        for j in range(2):
+            for v in (0, 1, 77, 255):
+                vb = unpack_bits(np.array([[v]], dtype=np.uint8))[0]
+                ref = sum(w[i, 8 * j + t] for t in range(8) if vb[t] != qb[i, 8 * j + t])
+                assert T[i, j, v] == pytest.approx(ref, abs=1e-15)
+    d = _codes(rng, 3, 2)
+    np.testing.assert_array_equal(weighted_hamming_from_tables(T, d), weighted_hamming_distances(q, d, w))
+    with pytest.raises(ValueError, match="lookup tables"):
+        weighted_hamming_from_tables(T, _codes(rng, 3, 4))
+
+
+def test_identical_codes_give_identical_distances():
+    """Same code in two rows -> bit-identical weighted distance (ties stay ties)."""
+    rng = np.random.default_rng(6)
+    q = _codes(rng, 3, 6)
+    d = _codes(rng, 5, 6)
+    d = np.concatenate([d, d[::-1]])
+    out = weighted_hamming_distances(q, d, rng.random((3, 48)))
+    np.testing.assert_array_equal(out[:, :5], out[:, 5:][:, ::-1])
+
+
+@pytest.mark.parametrize(
+    "w, exc, match",
+    [
+        (-np.ones(16), ValueError, "non-negative"),
+        (np.full(16, np.nan), ValueError, "finite"),
+        (np.full(16, np.inf), ValueError, "finite"),
+        (np.ones(15), ValueError, "length 15"),
+        (np.ones((3, 16)), ValueError, r"\(3, 16\)"),
+        (np.ones((2, 2, 16)), ValueError, "shape"),
+        (np.array(["a"] * 16), TypeError, "dtype"),
+    ],
+)
+def test_weighted_rejects_bad_weights(w, exc, match):
+    q = np.zeros((2, 2), np.uint8)
+    with pytest.raises(exc, match=match):
+        weighted_hamming_distances(q, q, w)
+
+
+def test_negative_weight_error_names_the_value():
+    w = np.ones(16)
+    w[5] = -0.25
+    with pytest.raises(ValueError, match=r"-0.25.*\(0, 5\)"):
+        weighted_hamming_distances(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.uint8), w)

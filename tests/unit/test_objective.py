@@ -1,0 +1,95 @@
+"""Loss scaling: N workers (DDP over gloo) on a global batch give one process's gradient."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.learning.objective import batch_objective, project_weights_
+from qadwh_ray.model import ModelConfig, build_model
+
+N, WORLD = 16, 2
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N, 1, 28, 28, generator=g)
+    labels = torch.zeros(N, 10)
+    labels[torch.arange(N), torch.arange(N) % 4] = 1
+    labels[3, 7] = 1  # a multi-label row
+    return x, labels
+
+
+def _model():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(nbits=16, num_classes=10)).double().eval()  # eval: BN/dropout not batch-dependent
+    with torch.no_grad():
+        model.W.uniform_(0.5, 1.5)
+    return model
+
+
+def _grads(model):
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _worker(rank, port, form, out_dir):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from qadwh_ray.learning.distributed import TorchDistributedGather
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    x, labels = _batch()
+    per = N // WORLD
+    sl = slice(rank * per, (rank + 1) * per)
+    model = _model()
+    if form == "plain":
+        model.W.requires_grad_(False)  # NINH freezes W before DDP wraps the model
+    ddp = DDP(model)
+    cfg = TrainConfig(triplet_form=form, margin=8.0)
+    out = ddp(x[sl].double())
+    parts = batch_objective(out, labels[sl], ddp.module.W, cfg, np.random.default_rng(0), TorchDistributedGather())
+    parts.total.backward()
+    if rank == 0:
+        torch.save(_grads(ddp.module), os.path.join(out_dir, "dist.pt"))
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("form", ["paper", "reference", "plain"])
+def test_two_gloo_workers_reproduce_the_single_process_gradient(form, tmp_path):
+    mp.spawn(_worker, args=(_free_port(), form, str(tmp_path)), nprocs=WORLD, join=True)
+    x, labels = _batch()
+    model = _model()
+    if form == "plain":
+        model.W.requires_grad_(False)
+    cfg = TrainConfig(triplet_form=form, margin=8.0)
+    parts = batch_objective(model(x.double()), labels, model.W, cfg, np.random.default_rng(0))
+    assert parts.num_triplets > 0
+    parts.total.backward()
+    single = _grads(model)
+    distributed = torch.load(tmp_path / "dist.pt")
+    assert single.keys() <= distributed.keys()
+    for name, g in single.items():
+        torch.testing.assert_close(distributed[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_projection_keeps_W_nonnegative_with_unit_row_means():
+    W = torch.nn.Parameter(torch.tensor([[-1.0, 2.0, 4.0], [0.5, 0.5, 2.0]]))
+    project_weights_(W, normalise=True)
+    assert (W >= 0).all()
+    torch.testing.assert_close(W.mean(1), torch.ones(2))
+    W2 = torch.nn.Parameter(torch.tensor([[-1.0, 2.0]]))
+    project_weights_(W2, normalise=False)
+    assert W2.tolist() == [[0.0, 2.0]]
