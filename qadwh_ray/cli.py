@@ -57,7 +57,7 @@ def _ablation(args: argparse.Namespace, forms: list[str]) -> int:
 
     cfg = load_config(args.config, args.set)
     start = time.perf_counter()
-    rows, runs = run_ablation(cfg, args.bits, forms, out_dir=args.out, progress=not args.quiet)
+    rows, runs = run_ablation(cfg, args.bits, forms, out_dir=args.out, progress=not args.quiet, export_dir=args.export)
     print()
     print(f"Ablation on {cfg.dataset} (split seed {cfg.split_seed}, backbone {cfg.backbone}, {cfg.epochs} epochs):")
     print(format_table(rows))
@@ -70,6 +70,22 @@ def _ablation(args: argparse.Namespace, forms: list[str]) -> int:
 
 def cmd_evaluate_local(args: argparse.Namespace) -> int:
     return _ablation(args, args.forms.split(","))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The ablation table from trained checkpoints (e.g. written by `qadwh train`)."""
+    from qadwh_ray.learning.ablation import evaluate_checkpoints, summarize_order
+    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.learning.evaluate import format_table
+
+    cfg = load_config(args.config, args.set)
+    rows = evaluate_checkpoints(args.checkpoints, args.bits, args.forms.split(","), cfg, out_dir=args.out,
+                                export_dir=args.export)
+    print(format_table(rows))
+    for line in summarize_order(rows):
+        print(line)
+    print(f"report in {args.out}" + (f"; ranked codes exported to {args.export}" if args.export else ""))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,8 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=_bits, default=[12, 24, 32, 48])
     p.add_argument("--forms", default="plain,paper,reference", help="triplet forms to train: plain (NINH), paper, reference")
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate_local)
+
+    p = sub.add_parser("evaluate", help="the ablation table (with LSH/ITQ baselines) from trained checkpoints")
+    _add_config_args(p)
+    p.add_argument("--checkpoints", required=True, help="directory/URI holding <ninh|qadwh|qadwh-ref>-<bits>.pt")
+    p.add_argument("--bits", type=_bits, default=[12, 24, 32, 48])
+    p.add_argument("--forms", default="plain,paper,reference")
+    p.add_argument("--out", default="runs/evaluate")
+    p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", help="the main job, end to end on embedded defaults")
     _add_config_args(p)
@@ -110,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8, help="epochs per model in the quick run (ignored with --full)")
     p.add_argument("--bits", type=_bits, default=None)
     p.add_argument("--out", default="runs/main")
+    p.add_argument("--export", help="also write what was ranked as Parquet here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
     return parser

@@ -1,4 +1,9 @@
-"""Train every method on one split and rank with every mode: the ablation table."""
+"""Train every method on one split and rank with every mode: the ablation table.
+
+``run_ablation`` trains locally and evaluates; ``evaluate_checkpoints`` ranks
+models trained elsewhere (Ray Train) from their checkpoints, by the naming
+convention ``<method>-<bits>.pt`` (``ninh``, ``qadwh``, ``qadwh-ref``).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,75 @@ import json
 import time
 
 from qadwh_ray import storage
+from qadwh_ray.core.baselines import fit_itq, fit_lsh
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
 from qadwh_ray.learning.evaluate import Ranking, RankingMetrics, evaluate_ranking, format_table
 from qadwh_ray.learning.local import train_local
+from qadwh_ray.model.checkpoint import load_checkpoint
 from qadwh_ray.model.encode import encode
+from qadwh_ray.model.network import HashingNetwork
 
 FORM_NAMES = {"plain": "NINH", "paper": "QaDWH", "reference": "QaDWH-ref"}
 
 
-def rankings_for(form: str, nbits: int, model, data: RetrievalData) -> list[Ranking]:
-    q = encode(model, data.query_images)
-    d = encode(model, data.db_images)
+def checkpoint_name(form: str, nbits: int) -> str:
+    return f"{FORM_NAMES[form].lower()}-{nbits}.pt"
+
+
+def rankings_for(form: str, nbits: int, model: HashingNetwork, data: RetrievalData) -> list[Ranking]:
+    """Every ranking a trained model takes part in; the paper-form model also
+    lends its penultimate features to the LSH and ITQ baselines."""
+    baselines = form == "paper"
+    q = encode(model, data.query_images, with_features=baselines)
+    d = encode(model, data.db_images, with_features=baselines)
     if form == "plain":
         return [Ranking("NINH", nbits, q.codes, d.codes)]
     if form == "reference":
         return [Ranking("QaDWH (reference form)", nbits, q.codes, d.codes, q.qadwh_weights)]
+    train = encode(model, data.train_images, with_features=True)
+    lsh = fit_lsh(train.features, nbits, seed=nbits)
+    itq = fit_itq(train.features, nbits, seed=nbits)
     return [
+        Ranking("LSH (features)", nbits, lsh.encode(q.features), lsh.encode(d.features)),
+        Ranking("ITQ (features)", nbits, itq.encode(q.features), itq.encode(d.features)),
         Ranking("QaDWH codes, plain Hamming", nbits, q.codes, d.codes),
         Ranking("DWH", nbits, q.codes, d.codes, q.dwh_weights),
         Ranking("QaDWH", nbits, q.codes, d.codes, q.qadwh_weights),
     ]
+
+
+def evaluate_models(
+    models: list[tuple[str, int, HashingNetwork]],
+    data: RetrievalData,
+    export_dir: str | None = None,
+    log=print,
+) -> list[RankingMetrics]:
+    """Rank with every model and mode on ``data``; optionally export what was ranked."""
+    from qadwh_ray.learning.export import export_ranking
+
+    rows = []
+    for form, nbits, model in models:
+        for ranking in rankings_for(form, nbits, model, data):
+            rows.append(evaluate_ranking(ranking, data.query_labels, data.db_labels, data.db_ids))
+            log(f"    {ranking.method:<28} {nbits:>3} bits  MAP {rows[-1].map_all:.4f}")
+            if export_dir:
+                export_ranking(ranking, data.query_ids, data.query_labels, data.db_ids, data.db_labels, export_dir)
+    return rows
+
+
+def write_report(out_dir: str, data: RetrievalData, cfg: TrainConfig, rows: list[RankingMetrics], runs: list[dict],
+                 plots: bool = True) -> None:
+    report = {
+        "dataset": data.name, "split_seed": cfg.split_seed, "config": cfg.to_dict(), "runs": runs,
+        "metrics": [dict(vars(m)) for m in rows],
+    }
+    storage.write_bytes(storage.join(out_dir, "ablation.json"), json.dumps(report, indent=1).encode())
+    storage.write_bytes(storage.join(out_dir, "ablation.md"), (format_table(rows) + "\n").encode())
+    if plots and storage.is_local(out_dir):
+        from qadwh_ray.learning.plots import plot_curves
+
+        plot_curves(rows, storage.local_path(out_dir))
 
 
 def run_ablation(
@@ -36,8 +89,10 @@ def run_ablation(
     out_dir: str | None = None,
     progress: bool = True,
     log=print,
+    data: RetrievalData | None = None,
+    export_dir: str | None = None,
 ) -> tuple[list[RankingMetrics], list[dict]]:
-    data = load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
+    data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
     log(data.summary())
     if out_dir:
         data.split.save(storage.join(out_dir, "split.json"))
@@ -47,25 +102,38 @@ def run_ablation(
         for form in forms:
             cfg = base.replace(nbits=nbits, triplet_form=form)
             log(f"training {FORM_NAMES[form]} at {nbits} bits ({cfg.epochs} epochs, backbone {cfg.backbone})")
-            ckpt = storage.join(out_dir, f"{FORM_NAMES[form].lower()}-{nbits}.pt") if out_dir else None
+            ckpt = storage.join(out_dir, checkpoint_name(form, nbits)) if out_dir else None
             result = train_local(cfg, data, checkpoint_uri=ckpt, progress=progress, log=log)
             t0 = time.perf_counter()
-            for ranking in rankings_for(form, nbits, result.model, data):
-                rows.append(evaluate_ranking(ranking, data.query_labels, data.db_labels, data.db_ids))
-                log(f"    {ranking.method:<28} MAP {rows[-1].map_all:.4f}")
+            rows += evaluate_models([(form, nbits, result.model)], data, export_dir, log)
             runs.append({
                 "method": FORM_NAMES[form], "nbits": nbits, "train_seconds": round(result.seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t0, 1), "steps": result.steps,
                 "final": result.history[-1] if result.history else {}, "checkpoint": ckpt,
             })
     if out_dir:
-        report = {
-            "dataset": data.name, "split_seed": base.split_seed, "config": base.to_dict(), "runs": runs,
-            "metrics": [{k: v for k, v in vars(m).items()} for m in rows],
-        }
-        storage.write_bytes(storage.join(out_dir, "ablation.json"), json.dumps(report, indent=1).encode())
-        storage.write_bytes(storage.join(out_dir, "ablation.md"), (format_table(rows) + "\n").encode())
+        write_report(out_dir, data, base, rows, runs)
     return rows, runs
+
+
+def evaluate_checkpoints(
+    checkpoint_dir: str, bits: list[int], forms: list[str], base: TrainConfig, out_dir: str | None = None,
+    export_dir: str | None = None, log=print,
+) -> list[RankingMetrics]:
+    """The ablation table from checkpoints named ``<method>-<bits>.pt`` in ``checkpoint_dir``."""
+    data = load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
+    log(data.summary())
+    models = []
+    for nbits in bits:
+        for form in forms:
+            model = load_checkpoint(storage.join(checkpoint_dir, checkpoint_name(form, nbits)))
+            if model.config.nbits != nbits:
+                raise ValueError(f"{checkpoint_name(form, nbits)} holds a {model.config.nbits}-bit model")
+            models.append((form, nbits, model))
+    rows = evaluate_models(models, data, export_dir, log)
+    if out_dir:
+        write_report(out_dir, data, base, rows, [])
+    return rows
 
 
 def summarize_order(rows: list[RankingMetrics]) -> list[str]:

@@ -25,6 +25,7 @@ class RetrievalData:
     val_labels: np.ndarray
     query_images: np.ndarray
     query_labels: np.ndarray
+    query_ids: np.ndarray
     db_images: np.ndarray
     db_labels: np.ndarray
     db_ids: np.ndarray  # ids = row numbers in the source dataset, so results are traceable
@@ -65,6 +66,7 @@ def load_retrieval_data(dataset: str = "fashion", split_seed: int = 0, val_fract
         val_labels=labels[val_idx],
         query_images=images[split.query],
         query_labels=labels[split.query],
+        query_ids=np.asarray(split.query, dtype=np.int64),
         db_images=images[split.database],
         db_labels=labels[split.database],
         db_ids=np.asarray(split.database, dtype=np.int64),

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
-from qadwh_ray.core.metrics import mean_average_precision, precision_at_k, precision_within_radius
+from qadwh_ray.core.metrics import mean_average_precision, precision_at_k, precision_recall_curve, precision_within_radius
 
 QUERY_CHUNK = 200  # bounds the (queries × database) distance block to ~100 MB
+PR_POINTS = 50
 
 
 @dataclass
@@ -38,7 +39,8 @@ class RankingMetrics:
     map_at_1000: float
     precision_at_500: float
     precision_r2: float
-    pk_curve: dict = field(default_factory=dict, repr=False)
+    pk_curve: dict = field(default_factory=dict, repr=False)  # k -> mean precision@k
+    pr_curve: dict = field(default_factory=dict, repr=False)  # {"precision": [...], "recall": [...]} at rank cutoffs
 
 
 def distances_for(r: Ranking, rows: slice) -> np.ndarray:
@@ -59,6 +61,7 @@ def evaluate_ranking(
     nq = len(r.query_codes)
     sums = {"map_all": 0.0, "map_1000": 0.0, "p500": 0.0}
     pk = np.zeros(len(pk_points))
+    pr_p = pr_r = 0.0
     ks = tuple(k for k in pk_points if k <= len(r.db_codes))
     for start in range(0, nq, QUERY_CHUNK):
         rows = slice(start, min(start + QUERY_CHUNK, nq))
@@ -70,6 +73,8 @@ def evaluate_ranking(
         curve = np.asarray(precision_at_k(d, ql, db_labels, ks, db_ids=db_ids))
         pk[: len(ks)] += w * curve
         sums["p500"] += w * curve[ks.index(500)] if 500 in ks else 0.0
+        pr = precision_recall_curve(d, ql, db_labels, num_points=PR_POINTS, db_ids=db_ids)
+        pr_p, pr_r = pr_p + w * pr.precision, pr_r + w * pr.recall
     p_r2 = precision_within_radius(r.query_codes, r.db_codes, query_labels, db_labels, radius=2)
     return RankingMetrics(
         method=r.method,
@@ -79,6 +84,7 @@ def evaluate_ranking(
         precision_at_500=sums["p500"] / nq,
         precision_r2=float(p_r2),
         pk_curve={k: float(v / nq) for k, v in zip(ks, pk)},
+        pr_curve={"precision": (pr_p / nq).tolist(), "recall": (pr_r / nq).tolist()},
     )
 
 

@@ -1,0 +1,91 @@
+"""A few real training steps on real Fashion-MNIST images, end to end through evaluation."""
+
+import numpy as np
+import pytest
+import torch
+
+import pyarrow.parquet as pq
+
+from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
+from qadwh_ray.core.metrics import mean_average_precision
+from qadwh_ray.learning.ablation import evaluate_checkpoints, run_ablation, summarize_order
+from qadwh_ray.learning.export import slug
+from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
+from qadwh_ray.learning.local import train_local
+from qadwh_ray.model import load_checkpoint
+from qadwh_ray.model.checkpoint import load_payload
+
+
+@pytest.fixture(scope="module")
+def small_data() -> RetrievalData:
+    full = load_retrieval_data("fashion", split_seed=0, val_fraction=0.1)
+    pick = lambda n: slice(0, n)  # noqa: E731
+    return RetrievalData(
+        name="fashion-small", split=full.split,
+        train_images=full.train_images[pick(320)], train_labels=full.train_labels[pick(320)],
+        val_images=full.val_images[pick(40)], val_labels=full.val_labels[pick(40)],
+        query_images=full.query_images[::20], query_labels=full.query_labels[::20], query_ids=full.query_ids[::20],
+        db_images=full.db_images[:600], db_labels=full.db_labels[:600], db_ids=full.db_ids[:600],
+    )
+
+
+def test_local_training_steps_checkpoint_and_keep_W_feasible(small_data, tmp_path):
+    cfg = TrainConfig(nbits=16, epochs=2, max_steps=3, classes_per_batch=4, images_per_class=4)
+    uri = str(tmp_path / "model.pt")
+    result = train_local(cfg, small_data, checkpoint_uri=uri, progress=False, log=lambda *_: None)
+    assert result.steps == 3
+    row = result.history[-1]
+    assert {"loss", "triplet", "classification", "train_accuracy", "val_map"} <= set(row)
+    assert 0 <= row["val_map"] <= 1
+    W = result.model.W.detach()
+    assert (W >= 0).all() and torch.allclose(W.mean(1), torch.ones(10))
+    assert not torch.equal(W, torch.ones_like(W))  # W is learned
+    payload = load_payload(uri)
+    assert payload["train_config"]["nbits"] == 16 and payload["step"] == 3 and payload["split_seed"] == 0
+    again = load_checkpoint(uri)
+    torch.testing.assert_close(again.W, result.model.W)
+
+
+def test_ninh_keeps_W_frozen_at_one(small_data):
+    cfg = TrainConfig(nbits=8, epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4, triplet_form="plain")
+    result = train_local(cfg, small_data, progress=False, log=lambda *_: None)
+    assert torch.equal(result.model.W.detach(), torch.ones(10, 8))
+
+
+def test_ablation_table_has_every_ranking(small_data, tmp_path):
+    cfg = TrainConfig(epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4)
+    rows, runs = run_ablation(cfg, [8], ["plain", "paper", "reference"], out_dir=str(tmp_path), progress=False,
+                              log=lambda *_: None, data=small_data, export_dir=str(tmp_path / "export"))
+    methods = [r.method for r in rows]
+    assert methods == [
+        "NINH", "LSH (features)", "ITQ (features)", "QaDWH codes, plain Hamming", "DWH", "QaDWH", "QaDWH (reference form)",
+    ]
+    for r in rows:
+        assert 0 <= r.map_all <= 1 and 0 <= r.map_at_1000 <= 1 and 0 <= r.precision_r2 <= 1
+    assert len(summarize_order(rows)) == 1
+    assert (tmp_path / "ablation.json").exists() and (tmp_path / "split.json").exists()
+    assert len(runs) == 3 and all(np.isfinite(r["train_seconds"]) for r in runs)
+    assert (tmp_path / "pr-8bits.png").stat().st_size > 1000 and (tmp_path / "pk-8bits.png").exists()
+    # Every number can be recomputed from the export alone.
+    for r in rows:
+        q = pq.read_table(tmp_path / "export" / f"{slug(r.method)}-8" / "queries.parquet").to_pydict()
+        d = pq.read_table(tmp_path / "export" / f"{slug(r.method)}-8" / "database.parquet").to_pydict()
+        qc = np.array([np.frombuffer(c, np.uint8) for c in q["code"]])
+        dc = np.array([np.frombuffer(c, np.uint8) for c in d["code"]])
+        if "weights" in q:
+            dist = weighted_hamming_distances(qc, dc, np.array(q["weights"]))
+        else:
+            dist = hamming_distances(qc, dc).astype(float)
+        again = mean_average_precision(dist, np.array(q["labels"]), np.array(d["labels"]), db_ids=np.array(d["id"]))
+        assert again == pytest.approx(r.map_all, abs=1e-12), r.method
+
+
+def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=1, max_steps=1, classes_per_batch=4, images_per_class=4)
+    run_ablation(cfg, [8], ["paper"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
+    monkeypatch.setattr("qadwh_ray.learning.ablation.load_retrieval_data", lambda *a, **k: small_data)
+    rows = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None)
+    assert [r.method for r in rows][-1] == "QaDWH"
+    with pytest.raises(FileNotFoundError, match="ninh-8.pt"):
+        evaluate_checkpoints(str(tmp_path), [8], ["plain"], cfg, log=lambda *_: None)
