@@ -37,6 +37,8 @@ the ``(distance, id)`` order of DESIGN.md §3.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -45,12 +47,16 @@ from numba.extending import intrinsic
 #: Heap sentinel distance: larger than any real distance (< 2**53).
 SENTINEL = np.int64(1 << 62)
 
-#: Strategy codes understood by :func:`topk_kernel`.
+#: Strategy codes understood by :func:`topk_serial` / :func:`topk_parallel`.
 STRATEGY_AUTO = 0
 STRATEGY_TWO_STAGE = 1
 STRATEGY_EXHAUSTIVE = 2
 
 _M = np.uint64(0xFF)
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+_ONES = np.uint64(0x0101010101010101)
+_HIGH = np.uint64(0x8080808080808080)
 # Shifts and table offsets as uint64 constants: numba would turn mixed
 # signed/unsigned integer arithmetic into float64.
 _S1, _S2, _S3, _S4, _S5, _S6, _S7 = (np.uint64(8 * t) for t in range(1, 8))
@@ -69,6 +75,19 @@ def popcount(typingctx, x):
         if val.type.width < 64:
             val = builder.zext(val, ir.IntType(64))
         return builder.ctpop(val)
+
+    return types.int64(x), codegen
+
+
+@intrinsic
+def trailing_zeros(typingctx, x):
+    """Index of the lowest set bit of a non-zero uint64 (LLVM ``cttz`` -> ``tzcnt``)."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        return builder.cttz(val, ir.Constant(ir.IntType(1), 1))
 
     return types.int64(x), codegen
 
@@ -121,22 +140,78 @@ def _heap_sort(hd, hp, q, s, k):
 
 
 @njit(cache=True, nogil=True)
-def _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb):
-    """``hb[:b1-b0]`` = Hamming distances of positions ``[b0, b1)`` to the query."""
+def _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat):
+    """``hb[:b1-b0]`` (uint8) = Hamming distances of positions ``[b0, b1)`` to the query.
+
+    One loop per plane (the first assigns, the others add). With ``sat``
+    (codes of 128 bits or more) distances are capped at 127; shorter codes
+    never exceed 127. The buffer is padded with 127 up to a multiple of 8.
+    """
     m = b1 - b0
-    a = W.shape[0]
-    if a == 0:
-        for ii in range(m):
-            hb[ii] = 0
-    for w in range(a):
+    first = True
+    for w in range(W.shape[0]):
         x = W[w, b0:b1]
         qv = qw[w]
-        if w == 0:
+        if first:
             for ii in range(m):
                 hb[ii] = popcount(x[ii] ^ qv)
+            first = False
+        elif sat:
+            for ii in range(m):
+                hb[ii] = min(np.int64(hb[ii]) + popcount(x[ii] ^ qv), 127)
         else:
             for ii in range(m):
                 hb[ii] += popcount(x[ii] ^ qv)
+    if h32:
+        x32 = t32[b0:b1]
+        if first:
+            for ii in range(m):
+                hb[ii] = popcount(x32[ii] ^ q32)
+            first = False
+        elif sat:
+            for ii in range(m):
+                hb[ii] = min(np.int64(hb[ii]) + popcount(x32[ii] ^ q32), 127)
+        else:
+            for ii in range(m):
+                hb[ii] += popcount(x32[ii] ^ q32)
+    if h16:
+        x16 = t16[b0:b1]
+        if first:
+            for ii in range(m):
+                hb[ii] = popcount(x16[ii] ^ q16)
+            first = False
+        elif sat:
+            for ii in range(m):
+                hb[ii] = min(np.int64(hb[ii]) + popcount(x16[ii] ^ q16), 127)
+        else:
+            for ii in range(m):
+                hb[ii] += popcount(x16[ii] ^ q16)
+    if h8:
+        x8 = t8[b0:b1]
+        if first:
+            for ii in range(m):
+                hb[ii] = popcount(x8[ii] ^ q8)
+        elif sat:
+            for ii in range(m):
+                hb[ii] = min(np.int64(hb[ii]) + popcount(x8[ii] ^ q8), 127)
+        else:
+            for ii in range(m):
+                hb[ii] += popcount(x8[ii] ^ q8)
+    for ii in range(m, (m + 7) & ~7):
+        hb[ii] = 127
+
+
+@njit(cache=True, nogil=True)
+def _block_hamming_exact(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb):
+    """``hb[:b1-b0]`` (int32) = exact Hamming distances of positions ``[b0, b1)``."""
+    m = b1 - b0
+    for ii in range(m):
+        hb[ii] = 0
+    for w in range(W.shape[0]):
+        x = W[w, b0:b1]
+        qv = qw[w]
+        for ii in range(m):
+            hb[ii] += popcount(x[ii] ^ qv)
     if h32:
         x32 = t32[b0:b1]
         for ii in range(m):
@@ -149,6 +224,33 @@ def _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb):
         x8 = t8[b0:b1]
         for ii in range(m):
             hb[ii] += popcount(x8[ii] ^ q8)
+
+
+@njit(cache=True, nogil=True)
+def _select_below(hb, m, t, cand):
+    """Write to ``cand`` the indices ``i < m`` with ``hb[i] < t``; return their number.
+
+    Eight uint8 distances are tested per 64-bit word (every byte is at most
+    127, so ``(x | 0x80..) - t*0x01..`` cannot borrow across bytes and bit 7 of
+    a byte is clear exactly when that byte is below ``t``); the hits of a word
+    are then read off with ``tzcnt``.
+    """
+    if t <= 0:
+        return 0
+    if t >= 128:
+        for ii in range(m):
+            cand[ii] = ii
+        return m
+    words = hb.view(np.uint64)
+    tt = np.uint64(t) * _ONES
+    c = 0
+    for wi in range((m + 7) >> 3):
+        hits = (((words[wi] | _HIGH) - tt) & _HIGH) ^ _HIGH
+        while hits != _ZERO:
+            cand[c] = (wi << 3) + (trailing_zeros(hits) >> 3)
+            c += 1
+            hits &= hits - _ONE
+    return c
 
 
 @njit(cache=True, nogil=True)
@@ -223,53 +325,38 @@ def _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dc):
 
 @njit(cache=True, nogil=True)
 def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, P, thr,
-                hd, hp, q, s, k, mode, hb, cand, dbuf, nbits_bound):
+                hd, hp, q, s, k, mode, hb, cand, dbuf, sat):
     """Scan database positions ``[b0, b1)`` for query ``q`` into heap ``(q, s)``.
 
-    ``mode`` 0: plain Hamming (the distance is the popcount). 1: two-stage —
-    Hamming distances first, weighted re-rank only of items with ``h <= thr``.
-    2: exhaustive — weighted distance of every item. Returns ``(thr, number
-    of weighted evaluations)``. ``thr`` only shrinks: it is the largest ``h``
-    with ``P[h] <= `` the current k-th best distance, ``P[h]`` being the sum
-    of the ``h`` smallest weights (DESIGN.md §3's lower bound L(h)); no item
-    farther than ``thr`` in Hamming distance can enter the top k.
+    ``mode`` 1: two-stage — Hamming distances first, then the weighted
+    distance only of items with ``h <= thr``. 2: exhaustive — the weighted
+    distance of every item. Returns ``(thr, number of weighted evaluations)``.
+
+    ``thr`` is the largest ``h`` with ``P[h] < top`` (or -1), ``top`` being
+    the current k-th best distance and ``P[h]`` the sum of the ``h`` smallest
+    weights, DESIGN.md §3's lower bound L(h): an item at Hamming distance
+    ``h`` has a weighted distance of at least ``P[h]``, and it can only enter
+    the heap with a distance *strictly* below ``top`` (items come in
+    increasing position, so a tie with the k-th best loses on position).
+    ``thr`` only shrinks as the scan goes.
+
+    Each mode runs one tight loop that fills a buffer, a second one that keeps
+    the few indices that can matter, and only those touch the heap: no call
+    sits in a per-item loop.
     """
     m = b1 - b0
     top = hd[q, s, 0]
-    # Each mode: one tight loop fills a buffer, a second one keeps the few
-    # indices that can matter (a rarely taken branch), and only those touch
-    # the heap, so no call sits in the per-item loops.
-    if mode == 0:
-        _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb)
-        c = 0
-        t = np.int32(min(top, nbits_bound))
-        for ii in range(m):
-            if hb[ii] < t:
-                cand[c] = ii
-                c += 1
-        for j in range(c):
-            h = np.int64(hb[cand[j]])
-            if h < top:
-                _heap_replace_top(hd, hp, q, s, k, h, b0 + cand[j])
-                top = hd[q, s, 0]
-        return thr, 0
     if mode == 1:
-        _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb)
-        c = 0
-        t = np.int32(thr)
-        for ii in range(m):
-            if hb[ii] <= t:
-                cand[c] = ii
-                c += 1
+        _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat)
+        c = _select_below(hb, m, thr + 1, cand)
         _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dbuf)
         for j in range(c):
             d = dbuf[j]
             if d < top:
                 _heap_replace_top(hd, hp, q, s, k, d, b0 + cand[j])
                 top = hd[q, s, 0]
-                if top < SENTINEL:
-                    while P[thr] > top:
-                        thr -= 1
+                while thr >= 0 and P[thr] >= top:
+                    thr -= 1
         return thr, c
     _block_weighted(b0, b1, W, t32, t16, t8, h32, h16, h8, L, dbuf)
     c = 0
@@ -282,89 +369,173 @@ def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, P, t
         if d < top:
             _heap_replace_top(hd, hp, q, s, k, d, b0 + cand[j])
             top = hd[q, s, 0]
-            if top < SENTINEL:
-                while P[thr] > top:
-                    thr -= 1
+            while thr >= 0 and P[thr] >= top:
+                thr -= 1
     return thr, m
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def topk_kernel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8,
-                lut, prefix, hamming, k, groups, nparts, strategy, block):
-    """Exact top-k of every query over position ranges of the database.
+@njit(cache=True, nogil=True)
+def _warmup_threshold(start, stop, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, P, k,
+                      hb, cand, dbuf, sat, nchunks):
+    """An initial Hamming threshold from a sample, so the scan prunes from its first block.
+
+    Hamming distances of ``nchunks`` blocks spread over ``[start, stop)``
+    give the radius ``r`` holding ``k`` sampled items; the weighted distances
+    of (at most a few blocks' worth of) the sampled items within ``r`` give
+    ``D0``, the k-th smallest of them. These are real items, so the final k-th
+    best distance is ``<= D0``, and no item with ``P[h] > D0`` can be in the
+    top k: the returned threshold is the largest ``h`` with ``P[h] <= D0``
+    (``nbits`` when the range holds fewer than ``k`` items or nothing could
+    be bounded).
+    """
+    nbits = P.shape[0] - 1
+    block = cand.shape[0]
+    n = stop - start
+    if n <= block * nchunks or k > block:
+        return nbits
+    stride = n // nchunks
+    hist = np.zeros(128, dtype=np.int64)
+    for ci in range(nchunks):
+        b0 = start + ci * stride
+        _block_hamming(b0, b0 + block, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat)
+        for ii in range(block):
+            hist[hb[ii]] += 1
+    r = 0
+    acc = hist[0]
+    while acc < k and r < 126:
+        r += 1
+        acc += hist[r]
+    if acc < k:
+        return nbits
+    # Weighted distances of the sampled items within radius r (all of those
+    # below r, then those at r while room is left), then their k-th smallest.
+    room = 4 * block
+    vals = np.empty(room, dtype=np.int64)
+    nv = 0
+    for ci in range(nchunks):
+        if nv >= room:
+            break
+        b0 = start + ci * stride
+        _block_hamming(b0, b0 + block, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat)
+        c = _select_below(hb, block, r + 1, cand)
+        c = min(c, room - nv)
+        _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dbuf)
+        for j in range(c):
+            vals[nv] = dbuf[j]
+            nv += 1
+    if nv < k:
+        return nbits
+    d0 = np.sort(vals[:nv])[k - 1]
+    thr = nbits
+    while thr >= 0 and P[thr] > d0:
+        thr -= 1
+    return thr
+
+
+@njit(cache=True, nogil=True)
+def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups,
+                strategy, block, warmup, hd, hp, stats):
+    """Run one group of :func:`topk_serial` / :func:`topk_parallel` (see there)."""
+    nbits = prefix.shape[1] - 1
+    sat = nbits >= 128
+    start = groups[g, 0]
+    stop = groups[g, 1]
+    q0 = groups[g, 2]
+    q1 = groups[g, 3]
+    s = groups[g, 4]
+    thr = np.full(q1 - q0, nbits, dtype=np.int64)
+    skip = np.zeros(q1 - q0, dtype=np.int64)
+    hb = np.empty(block + 8, dtype=np.uint8)
+    cand = np.empty(block, dtype=np.int64)
+    dbuf = np.empty(block, dtype=np.int64)
+    if warmup > 0 and strategy != STRATEGY_EXHAUSTIVE:
+        for q in range(q0, q1):
+            thr[q - q0] = _warmup_threshold(start, stop, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q],
+                                            qt8[q], lut[q], prefix[q], k, hb, cand, dbuf, sat, warmup)
+    for b0 in range(start, stop, block):
+        b1 = min(b0 + block, stop)
+        for q in range(q0, q1):
+            j = q - q0
+            if thr[j] < 0:
+                continue  # k items at distance 0 already: the heap is final
+            if strategy == STRATEGY_TWO_STAGE:
+                mode = 1
+            elif strategy == STRATEGY_EXHAUSTIVE:
+                mode = 2
+            elif thr[j] >= nbits:
+                mode = 2  # the bound admits every distance: nothing to prune yet
+            elif skip[j] > 0:
+                skip[j] -= 1
+                mode = 2
+            else:
+                mode = 1
+            t, evals = _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q],
+                                   lut[q], prefix[q], thr[j], hd, hp, q, s, k, mode, hb, cand, dbuf, sat)
+            thr[j] = t
+            stats[q, s, 0] += evals
+            if mode == 2:
+                stats[q, s, 2] += 1
+            else:
+                stats[q, s, 1] += 1
+                # After a block where the filter let over 30% of the items through, the
+                # exhaustive scan is cheaper: use it for a few blocks before
+                # probing the filter again.
+                if strategy == STRATEGY_AUTO and 10 * evals > 3 * (b1 - b0):
+                    skip[j] = 7
+    for q in range(q0, q1):
+        _heap_sort(hd, hp, q, s, k)
+
+
+@njit(cache=True, nogil=True)
+def topk_serial(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups, nparts,
+                strategy, block, warmup):
+    """Exact top-k of every query over position ranges of the database, in one thread.
 
     ``qw, qt32, qt16, qt8``: the query planes, ``(nq, a)`` and ``(nq,)`` each
     (zeros where the layout has no such plane). ``lut`` ``(nq, 256*nbytes)``
     and ``prefix`` ``(nq, nbits+1)``: per-query lookup tables and lower bounds
-    (unused when ``hamming``). ``groups`` is ``(G, 5)`` int64: ``start, stop``
-    (database positions), ``q0, q1`` (query range), ``part`` (slot in the
-    output). Each group scans its database range block by block, every query
-    of the group per block, so a block is read from cache by all of them.
-    Returns ``hd, hp`` ``(nq, nparts, k)`` sorted ascending by ``(distance,
-    position)`` per part (position -1 and distance ``SENTINEL`` pad missing
-    entries) and ``stats`` ``(nq, nparts, 3)``: weighted evaluations,
-    two-stage blocks, exhaustive blocks.
+    (prefix sums of the sorted integer weights). ``groups`` is ``(G, 5)``
+    int64: ``start, stop`` (database positions), ``q0, q1`` (query range),
+    ``part`` (slot in the output). Each group scans its database range block
+    by block, every query of the group per block, so a block is read from
+    cache by all of them; ``warmup`` blocks spread over the range first give
+    each query an initial threshold (:func:`_warmup_threshold`; 0: none).
+    Returns ``hd, hp`` ``(nq, nparts, k)`` sorted
+    ascending by ``(distance, position)`` per part (position -1 and distance
+    ``SENTINEL`` pad missing entries) and ``stats`` ``(nq, nparts, 3)``:
+    weighted evaluations, two-stage blocks, exhaustive blocks.
     """
     nq = qt8.shape[0]
-    nbits = prefix.shape[1] - 1
     hd = np.full((nq, nparts, k), SENTINEL, dtype=np.int64)
     hp = np.full((nq, nparts, k), -1, dtype=np.int64)
     stats = np.zeros((nq, nparts, 3), dtype=np.int64)
-    ngroups = groups.shape[0]
-    for g in prange(ngroups):
-        start = groups[g, 0]
-        stop = groups[g, 1]
-        q0 = groups[g, 2]
-        q1 = groups[g, 3]
-        s = groups[g, 4]
-        thr = np.full(q1 - q0, nbits, dtype=np.int64)
-        skip = np.zeros(q1 - q0, dtype=np.int64)
-        hb = np.empty(block, dtype=np.int32)
-        cand = np.empty(block, dtype=np.int64)
-        dbuf = np.empty(block, dtype=np.int64)
-        for b0 in range(start, stop, block):
-            b1 = min(b0 + block, stop)
-            for q in range(q0, q1):
-                j = q - q0
-                if hamming:
-                    mode = 0
-                elif strategy == STRATEGY_TWO_STAGE:
-                    mode = 1
-                elif strategy == STRATEGY_EXHAUSTIVE:
-                    mode = 2
-                elif thr[j] >= nbits:
-                    # The bound admits every distance: nothing to prune yet.
-                    mode = 2
-                elif skip[j] > 0:
-                    skip[j] -= 1
-                    mode = 2
-                else:
-                    mode = 1
-                t, evals = _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q],
-                                       lut[q], prefix[q], thr[j], hd, hp, q, s, k, mode, hb, cand, dbuf, nbits + 1)
-                thr[j] = t
-                stats[q, s, 0] += evals
-                if mode == 2:
-                    stats[q, s, 2] += 1
-                else:
-                    stats[q, s, 1] += 1
-                    # After a block where the filter let most items through,
-                    # the exhaustive scan is cheaper: use it for a few blocks
-                    # before probing the filter again.
-                    if mode == 1 and strategy == STRATEGY_AUTO and 4 * evals > (b1 - b0):
-                        skip[j] = 7
-        for q in range(q0, q1):
-            _heap_sort(hd, hp, q, s, k)
+    for g in range(groups.shape[0]):
+        _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups,
+                    strategy, block, warmup, hd, hp, stats)
     return hd, hp, stats
 
 
 @njit(cache=True, nogil=True, parallel=True)
+def topk_parallel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups, nparts,
+                  strategy, block, warmup):
+    """:func:`topk_serial` with the groups spread over numba's threads (groups write disjoint slots)."""
+    nq = qt8.shape[0]
+    hd = np.full((nq, nparts, k), SENTINEL, dtype=np.int64)
+    hp = np.full((nq, nparts, k), -1, dtype=np.int64)
+    stats = np.zeros((nq, nparts, 3), dtype=np.int64)
+    for g in prange(groups.shape[0]):
+        _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups,
+                    strategy, block, warmup, hd, hp, stats)
+    return hd, hp, stats
+
+
+@njit(cache=True, nogil=True)
 def build_luts(qbytes, weights):
     """Per-byte lookup tables: ``lut[q, 256*j + v] = sum_t W[q, 8j+t] * [bit_t(v) != bit_t(qbytes[q, j])]``."""
     nq, nbytes = qbytes.shape
     lut = np.empty((nq, nbytes * 256), dtype=np.int64)
-    for q in prange(nq):
-        sums = np.empty(256, dtype=np.int64)
+    sums = np.empty(256, dtype=np.int64)
+    for q in range(nq):
         for j in range(nbytes):
             sums[0] = 0
             for v in range(1, 256):
@@ -379,22 +550,87 @@ def build_luts(qbytes, weights):
     return lut
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def range_search_kernel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, radius, block):
+@njit(cache=True, nogil=True)
+def prepare_queries(qbytes, weights, hamming, grid_bits, min_exp):
+    """Everything a search needs per query, in one call (no per-query numpy overhead).
+
+    ``weights`` ``(nq, nbits)`` float64, validated (finite, >= 0); ignored when
+    ``hamming`` (unit weights). Returns ``(w_int, exps, lut, prefix, qw, qt32,
+    qt16, qt8)``: the snapped integer weights and exponents (definition in
+    :mod:`qadwh_ray.core.search`), the lookup tables, the prefix sums of the
+    sorted integer weights (``prefix[q, h]`` = sum of the h smallest) and the
+    query planes.
+    """
+    nq, nbytes = qbytes.shape
+    nbits = 8 * nbytes
+    w_int = np.empty((nq, nbits), dtype=np.int64)
+    exps = np.zeros(nq, dtype=np.int64)
+    for q in range(nq):
+        if hamming:
+            for j in range(nbits):
+                w_int[q, j] = 1
+            continue
+        wmax = 0.0
+        for j in range(nbits):
+            wmax = max(wmax, weights[q, j])
+        if wmax == 0.0:
+            for j in range(nbits):
+                w_int[q, j] = 0
+            continue
+        e = max(math.frexp(wmax)[1] - grid_bits, min_exp)
+        exps[q] = e
+        for j in range(nbits):
+            w_int[q, j] = np.int64(np.rint(math.ldexp(weights[q, j], -e)))
+    lut = build_luts(qbytes, w_int)
+    prefix = np.zeros((nq, nbits + 1), dtype=np.int64)
+    for q in range(nq):
+        srt = np.sort(w_int[q])
+        acc = np.int64(0)
+        for h in range(nbits):
+            acc += srt[h]
+            prefix[q, h + 1] = acc
+    a = nbytes // 8
+    r = nbytes - 8 * a
+    qw = np.zeros((nq, a), dtype=np.uint64)
+    qt32 = np.zeros(nq, dtype=np.uint32)
+    qt16 = np.zeros(nq, dtype=np.uint16)
+    qt8 = np.zeros(nq, dtype=np.uint8)
+    for q in range(nq):
+        for w in range(a):
+            x = np.uint64(0)
+            for b in range(8):
+                x |= np.uint64(qbytes[q, 8 * w + b]) << np.uint64(8 * b)
+            qw[q, w] = x
+        o = 8 * a
+        if r >= 4:
+            qt32[q] = (np.uint32(qbytes[q, o]) | (np.uint32(qbytes[q, o + 1]) << np.uint32(8))
+                       | (np.uint32(qbytes[q, o + 2]) << np.uint32(16))
+                       | (np.uint32(qbytes[q, o + 3]) << np.uint32(24)))
+            o += 4
+        if r % 4 >= 2:
+            qt16[q] = np.uint16(np.uint16(qbytes[q, o]) | (np.uint16(qbytes[q, o + 1]) << np.uint16(8)))
+            o += 2
+        if r % 2 == 1:
+            qt8[q] = qbytes[q, o]
+    return w_int, exps, lut, prefix, qw, qt32, qt16, qt8
+
+
+@njit(cache=True, nogil=True)
+def range_search_kernel(n, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, radius, block):
     """Items within Hamming ``radius`` of every query, in ``(distance, position)`` order.
 
-    Two passes: a histogram by distance per query, then a counting-sort fill,
-    so no comparison sort is needed. Returns ``(lims, positions, distances)``
+    Positions ``[0, n)`` of the planes are searched. Two passes: a histogram
+    by distance per query, then a counting-sort fill, so no comparison sort
+    is needed. Returns ``(lims, positions, distances)``
     with query ``q``'s results in ``[lims[q], lims[q+1])``.
     """
     nq = qt8.shape[0]
-    n = W.shape[1]
     hist = np.zeros((nq, radius + 1), dtype=np.int64)
-    for q in prange(nq):
+    for q in range(nq):
         hb = np.empty(block, dtype=np.int32)
         for b0 in range(0, n, block):
             b1 = min(b0 + block, n)
-            _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q], hb)
+            _block_hamming_exact(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q], hb)
             for ii in range(b1 - b0):
                 h = hb[ii]
                 if h <= radius:
@@ -410,12 +646,12 @@ def range_search_kernel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, radi
     lims[nq] = total
     out_p = np.empty(total, dtype=np.int64)
     out_h = np.empty(total, dtype=np.int32)
-    for q in prange(nq):
+    for q in range(nq):
         hb = np.empty(block, dtype=np.int32)
         cur = offsets[q].copy()
         for b0 in range(0, n, block):
             b1 = min(b0 + block, n)
-            _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q], hb)
+            _block_hamming_exact(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q], hb)
             for ii in range(b1 - b0):
                 h = hb[ii]
                 if h <= radius:
