@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="also write what was ranked as Parquet here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    # The Ray stages: each package registers its own subcommands (imports stay light).
+    from qadwh_ray.indexing.cli import add_index_parser
+    from qadwh_ray.serving.cli import add_serve_parser
+    from qadwh_ray.train.cli import add_train_parser
+
+    add_train_parser(sub)
+    add_index_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

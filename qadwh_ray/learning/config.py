@@ -26,6 +26,7 @@ class TrainConfig:
     dataset: str = "fashion"
     split_seed: int = 0
     val_fraction: float = 0.1  # held out of the training images for validation MAP
+    train_limit: int | None = None  # cap on training images (a seeded subset; for smoke runs and tests)
     # model
     backbone: str = "compact"
     nbits: int = 48
@@ -73,6 +74,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.classes_per_batch < 2 or self.images_per_class < 2:
             raise ValueError("batches need ≥2 classes and ≥2 images per class so every anchor has a positive and a negative")
+        if self.train_limit is not None and (isinstance(self.train_limit, bool) or self.train_limit < 2):
+            raise ValueError(f"train_limit must be None or an integer >= 2, got {self.train_limit!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.cls_weight < 0 or self.weight_decay < 0:

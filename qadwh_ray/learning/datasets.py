@@ -7,6 +7,7 @@ taken from the query set.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,3 +72,17 @@ def load_retrieval_data(dataset: str = "fashion", split_seed: int = 0, val_fract
         db_labels=labels[split.database],
         db_ids=np.asarray(split.database, dtype=np.int64),
     )
+
+
+def limit_training(data: RetrievalData, limit: int | None, seed: int = 0) -> RetrievalData:
+    """Keep a seeded subset of ``limit`` training images (validation, queries and database unchanged)."""
+    if limit is None or limit >= len(data.train_images):
+        return data
+    keep = np.sort(np.random.default_rng([seed, 7]).permutation(len(data.train_images))[:limit])
+    return dataclasses.replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])
+
+
+def load_training_data(cfg) -> RetrievalData:
+    """The data a :class:`~qadwh_ray.learning.config.TrainConfig` trains on (``train_limit`` applied)."""
+    data = load_retrieval_data(cfg.dataset, cfg.split_seed, cfg.val_fraction)
+    return limit_training(data, cfg.train_limit, cfg.split_seed)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from qadwh_ray.core.triplets import ClassBalancedBatchSampler
 from qadwh_ray.data.transforms import resize, to_float_tensor, train_augment
 from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
+from qadwh_ray.learning.datasets import RetrievalData, load_training_data
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import save_checkpoint
 from qadwh_ray.model.network import HashingNetwork, build_model
@@ -37,7 +37,7 @@ def train_local(
 ) -> TrainResult:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    data = data or load_retrieval_data(cfg.dataset, cfg.split_seed, cfg.val_fraction)
+    data = data or load_training_data(cfg)
     model = build_model(cfg.model_config(), cfg.pretrained)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
