@@ -1,0 +1,283 @@
+"""Indexing benchmark: the Ray Data pipeline against a plain torch loop, and a scale run.
+
+1. Throughput (one run, same machine, interleaved repeats): encode ``--items`` images of
+   the ``fashion-augmented`` database (the 70,000 real Fashion-MNIST images, then
+   deterministic augmentations) with the same checkpoint and the same number of
+   torch threads
+   - plain: one process, a loop of generate-images → ``qadwh_ray.model.encode``;
+   - ray:   ``build_index`` (read/augment tasks → encoder actor(s) → part writers →
+            compaction → manifest → verify → publish), end to end.
+   ``ray_data_vs_plain`` = steady-state ray images/s ÷ plain images/s (target ≥ 0.9),
+   the median over the repeats; steady state = ``N / (t(2N) - t(N))`` from builds of
+   N and 2N images, so a build's fixed costs (encoder actor start-up, compaction,
+   verification, publish) cancel out, as they do on a large database.
+   ``ray_data_end_to_end_vs_plain`` compares whole builds of N images instead.
+2. Scale: ``build_index`` of ``--scale-items`` images (and of ``--scale-items /
+   4``, to show memory does not grow with the database) to local storage and to a
+   local S3 server (moto on 127.0.0.1), sampling the proportional set size (PSS)
+   of every process of the Ray session (driver, GCS, raylet, workers; shared
+   object-store pages counted once) and the driver's RSS.
+
+Prints one JSON object as its last line. Example (what docs/benchmarks.md records)::
+
+    python benchmarks/index_bench.py --items 20000 --scale-items 200000 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+# ----------------------------------------------------------------- memory
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def _tree(root: int) -> list[int]:
+    kids = _children_map()
+    out, stack = [], [root]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler:
+    """Peak PSS of this process and all its descendants (the local Ray session)."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.peak_pss_kb = 0
+        self.peak_driver_rss_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = sum(_pss_kb(p) for p in _tree(me))
+            self.peak_pss_kb = max(self.peak_pss_kb, total)
+            self.peak_driver_rss_kb = max(self.peak_driver_rss_kb, _rss_kb(me))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        if self.interval > 0:  # 0: off (sampling costs the driver some CPU)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+# ------------------------------------------------------------------ runs
+
+
+def plain_loop(checkpoint: str, n: int, block: int, batch_size: int, threads: int) -> dict:
+    import torch
+
+    from qadwh_ray.indexing.sources import fashion_augmented_images
+    from qadwh_ray.model import encode, load_checkpoint
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(checkpoint)
+    fashion_augmented_images(np.arange(1))  # load the base images outside the timing, as the workers cache them
+    t = time.perf_counter()
+    digest = 0
+    for s in range(0, n, block):
+        images, _ = fashion_augmented_images(np.arange(s, min(n, s + block)))
+        codes = encode(model, images, batch_size=batch_size).codes
+        digest ^= int(codes[:, 0].astype(np.int64).sum())
+    secs = time.perf_counter() - t
+    return {"seconds": round(secs, 2), "images_per_s": round(n / secs, 1)}
+
+
+def ray_build(checkpoint: str, n: int, out: str, args, sample_memory: bool = True, **extra) -> dict:
+    from qadwh_ray.indexing import BuildOptions, build_index
+
+    opts = BuildOptions(
+        shards=extra.pop("shards", None),
+        block_rows=args.block_rows,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        threads=args.threads,
+        encoder_cpus=float(args.threads),
+        read_tasks=args.read_tasks,
+        **extra,
+    )
+    t = time.perf_counter()
+    with MemorySampler(interval=2.0 if sample_memory else 0) as mem:
+        res = build_index(checkpoint, f"fashion-augmented:{n}", out, opts)
+    secs = time.perf_counter() - t
+    stages = res.manifest.build["stage_seconds"]
+    return {
+        "items": n,
+        "seconds": round(secs, 2),
+        "images_per_s": round(n / secs, 1),
+        "stream_images_per_s": round(n / stages["encode_stream"], 1),
+        "stage_seconds": stages,
+        "shards": res.manifest.num_shards,
+        "index_items": res.manifest.num_items,
+        "peak_pss_mb": round(mem.peak_pss_kb / 1024, 1),
+        "peak_driver_rss_mb": round(mem.peak_driver_rss_kb / 1024, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--items", type=int, default=20_000, help="images for the throughput comparison")
+    p.add_argument("--scale-items", type=int, default=1_000_000, help="images for the scale run (also run at a quarter of it)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads: the plain loop's and the encoder actors' in total")
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--read-tasks", type=int, default=2)
+    p.add_argument("--block-rows", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--nbits", type=int, default=48)
+    p.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray session")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved plain/ray repetitions (best of each is compared)")
+    p.add_argument("--skip-s3", action="store_true")
+    p.add_argument("--skip-scale", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from qadwh_ray.model import ModelConfig, build_model, save_checkpoint
+
+    work = tempfile.mkdtemp(prefix="qadwh-index-bench-")
+    s3 = None
+    try:
+        torch.manual_seed(0)
+        checkpoint = os.path.join(work, "model.pt")
+        save_checkpoint(checkpoint, build_model(ModelConfig(nbits=args.nbits)))
+        if not args.skip_s3:  # the S3 server and its environment exist before Ray starts, so workers inherit it
+            from moto.server import ThreadedMotoServer
+
+            s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            s3.start()
+            host, port = s3.get_host_and_port()
+            os.environ.update({"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"})
+            import boto3
+
+            boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket="bench")
+
+        import ray
+
+        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, logging_level="WARNING")
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+        # warm the Ray session (worker processes, imports) so that both sides are measured warm
+        ray_build(checkpoint, 2000, os.path.join(work, "warm"), args, sample_memory=False)
+        plains, rays, rays2 = [], [], []
+        for rep in range(args.repeats):  # interleaved: the machine is shared, so each side sees the same noise
+            plains.append(plain_loop(checkpoint, args.items, args.block_rows, args.batch_size, args.threads))
+            print(f"plain loop #{rep}: {plains[-1]}", flush=True)
+            rays.append(ray_build(checkpoint, args.items, os.path.join(work, "thr"), args, sample_memory=False, keep=1))
+            print(f"ray data   #{rep}: {rays[-1]}", flush=True)
+            rays2.append(ray_build(checkpoint, 2 * args.items, os.path.join(work, "thr"), args, sample_memory=False, keep=1))
+            print(f"ray data 2x#{rep}: {rays2[-1]}", flush=True)
+        # steady state: the second N images of a 2N build cost t(2N) - t(N); the fixed costs of a
+        # build (actor start-up: torch import + checkpoint load, compaction, publish) cancel out
+        steady = [args.items / max(1e-9, b["seconds"] - a["seconds"]) for a, b in zip(rays, rays2)]
+        e2e_ratio = [r["images_per_s"] / p["images_per_s"] for p, r in zip(plains, rays)]
+        steady_ratio = [st / p["images_per_s"] for p, st in zip(plains, steady)]
+        result = {
+            "benchmark": "index_build",
+            "model": f"compact-{args.nbits}bit",
+            "threads": args.threads,
+            "actors": args.actors,
+            "items": args.items,
+            "repeats": args.repeats,
+            "plain_images_per_s": [p["images_per_s"] for p in plains],
+            "ray_images_per_s": [r["images_per_s"] for r in rays],
+            "ray_2x_images_per_s": [r["images_per_s"] for r in rays2],
+            "ray_steady_images_per_s": [round(x, 1) for x in steady],
+            "ray_data_vs_plain": round(float(np.median(steady_ratio)), 3),
+            "ray_data_vs_plain_each_repeat": [round(x, 3) for x in steady_ratio],
+            "ray_data_end_to_end_vs_plain": round(float(np.median(e2e_ratio)), 3),
+            "ray_data_end_to_end_vs_plain_each_repeat": [round(x, 3) for x in e2e_ratio],
+            "target_ray_data_vs_plain": 0.9,
+        }
+        if not args.skip_scale:
+            scale = []
+            targets = [("local", os.path.join(work, "scale"))] + ([] if args.skip_s3 else [("s3", "s3://bench/index")])
+            for name, root in targets:
+                for n in (args.scale_items // 4, args.scale_items):
+                    r = ray_build(checkpoint, n, root, args, keep=1)
+                    r["target"] = name
+                    print(f"scale: {r}", flush=True)
+                    scale.append(r)
+            result["scale"] = [
+                {k: r[k] for k in ("target", "items", "seconds", "images_per_s", "shards", "peak_pss_mb", "peak_driver_rss_mb")}
+                for r in scale
+            ]
+            for name, _ in targets:
+                small, big = [r for r in scale if r["target"] == name]
+                result[f"memory_growth_{name}"] = round(big["peak_pss_mb"] / small["peak_pss_mb"], 3)
+        result["host"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(),
+                          "ray": ray.__version__, "torch": torch.__version__}
+        print(json.dumps(result))
+        return 0
+    finally:
+        try:
+            import ray
+
+            ray.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        if s3 is not None:
+            s3.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The pieces of the indexing pipeline that run inside Ray tasks, tested as plain
+functions: source planning and decoding (bad rows named), part writing, shard
+compaction (exactly once, duplicates). No Ray."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from qadwh_ray import storage
+from qadwh_ray.data.transforms import encode_png
+from qadwh_ray.index.format import ShardInfo, check_shard_bytes, shard_data_from_table, shard_of_ids
+from qadwh_ray.indexing.pipeline import IndexBuildError, _write_parts, compact_shard
+from qadwh_ray.indexing.sources import _PlanLite, _parquet_work, fashion_augmented_images, plan_source
+
+
+def _png(size=28, value=7):
+    return encode_png(np.full((size, size), value, np.uint8))
+
+
+def _bad_table():
+    blobs = [_png(value=i) for i in range(10)]
+    blobs[3] = b"\x89PNG not really"
+    blobs[5] = _png(size=20)
+    labels = [i % 10 for i in range(10)]
+    labels[7] = 12
+    labels[9] = None
+    return pa.table({"id": pa.array(np.arange(100, 110), pa.int64()), "image": pa.array(blobs, pa.binary()), "label": pa.array(labels, pa.int64())})
+
+
+def test_parquet_plan_and_decode_name_bad_rows(tmp_path):
+    f = str(tmp_path / "db.parquet")
+    pq.write_table(_bad_table(), f, row_group_size=4)
+    plan = plan_source(f, num_classes=10)
+    assert plan.kind == "parquet" and plan.n_rows == 10 and plan.image_size == (28, 28)
+    assert [w["row0"] for w in plan.work] == [0, 4, 8] and [w["file_row0"] for w in plan.work] == [0, 4, 8]
+    lite = _PlanLite.of(plan)
+    batches = [b for w in plan.work for b in _parquet_work(pa.Table.from_pylist([w]), lite, block_rows=3)]
+    rows = np.concatenate([b["_row"] for b in batches])
+    bad = np.concatenate([b["bad"] for b in batches])
+    assert rows.tolist() == list(range(10))
+    reasons = {int(r): str(m) for r, m in zip(rows, bad) if m}
+    assert sorted(reasons) == [3, 5, 7, 9]
+    assert reasons[3].startswith(f"id 103 ({f}#row=3): cannot decode image")
+    assert "is 20x20 (HxW), expected 28x28" in reasons[5] and "id 105" in reasons[5]
+    assert reasons[7] == f"id 107 ({f}#row=7): label 12 outside [0, 10)"
+    assert reasons[9] == f"id 109 ({f}#row=9): label is null"
+    imgs = np.concatenate([b["image"] for b in batches])
+    assert imgs.shape == (10, 28, 28) and imgs[2].max() == 2
+    labels = np.concatenate([b["labels"] for b in batches])
+    assert labels[4].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0] and labels[3].sum() == 0
+
+
+def test_parquet_plan_rejects_missing_columns_and_bad_types(tmp_path):
+    f = str(tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"id": [1], "img": [b"x"], "label": [0]}), f)
+    with pytest.raises(ValueError, match=r"image column 'image' not found in .*part-0\.parquet \(columns: id, img, label\)"):
+        plan_source(str(tmp_path), num_classes=10)
+    pq.write_table(pa.table({"id": ["a"], "image": [b"x"], "label": [0]}), f)
+    with pytest.raises(TypeError, match="id column 'id' in .* must hold integers"):
+        plan_source(str(tmp_path), num_classes=10, image_size=28)
+    pq.write_table(pa.table({"id": [1], "image": [b"x"], "label": [0.5]}), f)
+    with pytest.raises(TypeError, match="label column 'label'"):
+        plan_source(str(tmp_path), num_classes=10, image_size=28)
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 nope")
+    with pytest.raises(ValueError, match="broken.parquet is not a readable Parquet file"):
+        plan_source(str(tmp_path / "broken.parquet"), num_classes=10)
+
+
+def test_fashion_sources_plan():
+    p = plan_source("fashion", num_classes=10)
+    assert p.n_rows == 64_000 and p.params == {"part": "database", "split_seed": 0}
+    assert plan_source("fashion:query", num_classes=10).n_rows == 1000
+    assert plan_source("fashion-augmented:1e6", num_classes=10).n_rows == 1_000_000
+    with pytest.raises(ValueError, match="unknown Fashion-MNIST part"):
+        plan_source("fashion:nope", num_classes=10)
+
+
+def test_augmented_items_do_not_depend_on_batching():
+    ids = np.array([5, 70_001, 70_999, 71_000, 140_500], np.int64)
+    a, la = fashion_augmented_images(ids)
+    b = np.stack([fashion_augmented_images(ids[i : i + 1])[0][0] for i in range(len(ids))])
+    assert np.array_equal(a, b)
+    from qadwh_ray.data.fashion import load_fashion_mnist
+
+    images, labels = load_fashion_mnist()
+    assert np.array_equal(a[0], images[5]) and not np.array_equal(a[1], images[1])
+    assert la.tolist() == labels[ids % 70_000].tolist()
+
+
+def _encoded_batch(rows, ids, nbits=16, bad=None):
+    n = len(rows)
+    rng = np.random.default_rng(int(rows[0]) if n else 0)
+    return {
+        "_row": np.asarray(rows, np.int64),
+        "id": np.asarray(ids, np.int64),
+        "code": rng.integers(0, 256, size=(n, nbits // 8), dtype=np.uint8),
+        "labels": np.eye(10, dtype=np.uint8)[np.asarray(ids) % 10],
+        "source": np.array([f"s{i}" for i in rows], dtype=object),
+        "bad": np.array(bad if bad is not None else [""] * n, dtype=object),
+    }
+
+
+def test_parts_then_compaction_exactly_once(tmp_path):
+    parts = str(tmp_path / "_parts")
+    n_rows, shards = 100, 3
+    batches = [_encoded_batch(range(s, s + 25), np.arange(s, s + 25) * 7) for s in range(0, 100, 25)]
+    batches[1]["bad"][4] = "id 196 (s29): cannot decode image"
+    recs = [_write_parts(b, parts, shards, 16, True) for b in batches]
+    again = _write_parts(batches[2], parts, shards, 16, True)  # a retried task rewrites the same part names
+    assert sorted(again["file"].tolist()) == sorted(recs[2]["file"].tolist())
+    bad = [(int(r), str(m)) for rec in recs for k, r, m in zip(rec["kind"], rec["_row"], rec["reason"]) if k == "bad"]
+    assert bad == [(29, "id 196 (s29): cannot decode image")]
+    by_shard = {s: [f for rec in recs for k, sh, f in zip(rec["kind"], rec["shard"], rec["file"]) if k == "part" and sh == s] for s in range(shards)}
+    seen = np.zeros(n_rows, bool)
+    total = 0
+    for s in range(shards):
+        out = str(tmp_path / f"shard-{s:05d}.parquet")
+        res = compact_shard(s, sorted(set(by_shard[s])), out, 16, n_rows)
+        bm = np.unpackbits(res["bitmap"], count=n_rows).astype(bool)
+        assert not (seen & bm).any()
+        seen |= bm
+        info = ShardInfo(**res["info"])
+        d = shard_data_from_table(check_shard_bytes(storage.read_bytes(out), info, 16, out), 16, 10)
+        assert (np.diff(d.ids) > 0).all() and (shard_of_ids(d.ids, shards) == s).all()
+        total += info.rows
+    assert total == 99 and seen.sum() == 99 and not seen[29]
+
+
+def test_compaction_refuses_overlapping_parts(tmp_path):
+    parts = str(tmp_path / "_parts")
+    a = _write_parts(_encoded_batch(range(0, 10), range(0, 10)), parts, 1, 16, True)
+    b = _write_parts(_encoded_batch(range(5, 15), range(5, 15)), parts, 1, 16, True)
+    with pytest.raises(IndexBuildError, match="source row 5 was encoded more than once"):
+        compact_shard(0, [*a["file"], *b["file"]], str(tmp_path / "s.parquet"), 16, 15)
+
+
+def test_compaction_reports_duplicate_ids_keeping_the_first(tmp_path):
+    parts = str(tmp_path / "_parts")
+    rec = _write_parts(_encoded_batch(range(0, 6), [10, 11, 12, 11, 13, 10]), parts, 1, 16, True)
+    res = compact_shard(0, list(rec["file"]), str(tmp_path / "s.parquet"), 16, 6)
+    assert res["info"]["rows"] == 4
+    dups = sorted((d["row"], d["id"]) for d in res["duplicates"])
+    assert dups == [(3, 11), (5, 10)]
+    assert "first at row 1" in [d for d in res["duplicates"] if d["id"] == 11][0]["reason"]
+
+
+def test_image_folder_plan_and_decode(tmp_path):
+    from qadwh_ray.indexing.sources import _folder_work
+
+    for cls, values in (("boots", [1, 2]), ("coats", [3])):
+        (tmp_path / "db" / cls).mkdir(parents=True)
+        for v in values:
+            (tmp_path / "db" / cls / f"img{v}.png").write_bytes(_png(value=v))
+    (tmp_path / "db" / "coats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    plan = plan_source(str(tmp_path / "db"), num_classes=10)
+    assert plan.kind == "folder" and plan.n_rows == 4 and plan.params["class_names"] == "boots,coats"
+    out = [b for w in plan.work for b in _folder_work(pa.Table.from_pylist([w]), _PlanLite.of(plan), 100)]
+    b = out[0]
+    assert b["_row"].tolist() == [0, 1, 2, 3] and b["id"].tolist() == [0, 1, 2, 3]
+    assert b["labels"].argmax(1).tolist()[:2] == [0, 0] and b["labels"][3, 1] == 1
+    broken = [i for i, m in enumerate(b["bad"]) if m]
+    assert broken == [2] and b["source"][2].endswith("coats/broken.png") and "cannot decode image" in b["bad"][2]
+    assert b["image"][3].max() == 3
+    with pytest.raises(ValueError, match="2 class folders but the model has 1 classes"):
+        plan_source(str(tmp_path / "db"), num_classes=1)
