@@ -2,5 +2,5 @@
 # The whole test suite; does its own set-up first. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+QADWH_BROWSER=1 bash scripts/setup.sh  # also chromium + chromium-driver for the search-page test
 exec .venv/bin/python -m pytest -q -ra "$@"

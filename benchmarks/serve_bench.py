@@ -1,0 +1,463 @@
+"""Ray Serve query service vs a single-process FastAPI + uvicorn server, same index, same run.
+
+What is compared (both on 127.0.0.1, both answering ``POST /v1/search`` with
+the same JSON, the same exact search over the same index version):
+
+* **serve** — ``qadwh_ray.serving.build_app``: HTTP proxy → router (FastAPI
+  ingress) → query encoder (``@serve.batch``) → 2 shard deployments searched
+  concurrently → exact merge;
+* **fastapi** — what a user would otherwise deploy: one uvicorn process, one
+  FastAPI app holding the whole index in one ``HashIndex`` and the model, a
+  plain ``def`` endpoint (FastAPI runs it in its thread pool; the search
+  kernels release the GIL).
+
+Load: a closed loop of ``--concurrency`` clients (aiohttp, one process) sends
+a bounded number of requests; the two servers alternate over ``--rounds``
+rounds and each figure is the median over rounds. Code queries (packed code +
+query-adaptive weights, ``mode=qadwh``) and image queries (PNG in base64
+JSON, encoded by the model) are measured separately; every answer of both
+servers is checked against the other's (ids and distances identical).
+
+The index: ``--items`` items in ``--shards`` shards, ``--bits``-bit codes. Its
+codes are a **synthetic stand-in** built from real images: a spread untrained
+model encodes ``--bases`` real Fashion-MNIST images, and item ``i`` has the
+code of base ``i % bases`` with every bit flipped with probability 0.03
+(clusters of near-duplicates, as augmented copies give). Queries are other
+real images, encoded by the same model. Timings say nothing about retrieval
+quality (see docs/results.md for trained models).
+
+Last line: one JSON object (``serve_vs_fastapi_qps`` = serve/fastapi
+throughput, ``serve_vs_fastapi_p99`` = serve/fastapi p99 latency; the worse of
+code and image queries).
+
+    .venv/bin/python benchmarks/serve_bench.py                      # 1M items, 2 shards
+    .venv/bin/python benchmarks/serve_bench.py --items 100000 --rounds 1   # quick
+"""
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+# --------------------------------------------------------------------- baseline server
+
+
+def make_baseline_app(root: str, version: str):
+    """The single-process FastAPI server a user would write around the core index."""
+    from fastapi import FastAPI, HTTPException
+    from pydantic import BaseModel
+
+    from qadwh_ray.data.transforms import ImageDecodeError, decode_image
+    from qadwh_ray.index import open_index
+    from qadwh_ray.model import encode, load_checkpoint
+
+    reader = open_index(root, version)
+    index = reader.load_all()
+    model = load_checkpoint(reader.manifest.checkpoint["uri"])
+    import torch
+
+    torch.set_num_threads(1)
+    dwh = model.dwh_weights().detach().float().numpy()
+    nbits = reader.manifest.code_bits
+    app = FastAPI()
+
+    class Body(BaseModel):
+        image_base64: str | None = None
+        code: str | None = None
+        weights: list[float] | None = None
+        k: int = 10
+        mode: str = "qadwh"
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.post("/v1/search")
+    def search(b: Body):
+        if b.image_base64 is not None:
+            try:
+                img = decode_image(base64.b64decode(b.image_base64), mode="L")
+            except ImageDecodeError as exc:
+                raise HTTPException(422, str(exc))
+            enc = encode(model, img[None], batch_size=1)
+            code, w = enc.codes, enc.qadwh_weights
+        else:
+            code = np.frombuffer(bytes.fromhex(b.code), dtype=np.uint8).reshape(1, nbits // 8)
+            w = None if b.weights is None else np.asarray(b.weights)[None, :]
+        weights = {"qadwh": w, "dwh": dwh, "hamming": None}[b.mode]
+        d, ids = index.search(code, b.k, weights, mode=b.mode, num_threads=1)
+        keep = ids[0] >= 0
+        out_ids = ids[0][keep]
+        labels = index.labels_of(out_ids)
+        return {
+            "version": version,
+            "ids": out_ids.tolist(),
+            "distances": d[0][keep].tolist(),
+            "labels": [np.flatnonzero(r).tolist() for r in labels],
+        }
+
+    return app
+
+
+def run_baseline_server(root: str, version: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(make_baseline_app(root, version), host="127.0.0.1", port=port, workers=1, log_level="warning", access_log=False)
+
+
+def noop_probe_app():
+    """The same topology doing no work (ingress -> 2 leaves): Serve's own floor on this machine."""
+    import asyncio as _asyncio
+
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+    class Leaf:
+        async def search(self, x):
+            return {"ok": True}
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, a, b):
+            self.leaves = [a, b]
+
+        @app.post("/v1/search")
+        async def search(self):
+            await _asyncio.gather(*(h.search.remote(1) for h in self.leaves))
+            return {"ids": [], "distances": []}
+
+    return Ingress.bind(Leaf.options(name="leaf-0").bind(), Leaf.options(name="leaf-1").bind())
+
+
+# --------------------------------------------------------------------- data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spread_checkpoint(path: str, nbits: int, seed: int = 0) -> str:
+    """A small untrained model whose hash bits split real images about in half and
+    whose class-wise weights are random positive (so QaDWH weights vary by query)."""
+    import torch
+
+    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray.data.transforms import to_float_tensor
+    from qadwh_ray.model import ModelConfig, build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(nbits=nbits)).eval()
+    images, _ = load_fashion_mnist()
+    sample = images[np.random.default_rng(seed).choice(images.shape[0], 512, replace=False)]
+    with torch.no_grad():
+        f = model.backbone(to_float_tensor(sample, model.config.mean, model.config.std))
+        model.hash_head.bias.copy_(-(f @ model.hash_head.weight.T).median(dim=0).values)
+        z = f @ model.class_head.weight.T
+        scale = 3.0 / (z.std(dim=0) + 1e-6)
+        model.class_head.weight.mul_(scale[:, None])
+        model.class_head.bias.copy_(-(z * scale).mean(dim=0))
+        g = torch.Generator().manual_seed(seed + 1)
+        model.W.copy_(0.2 + 1.8 * torch.rand(model.W.shape, generator=g))
+    save_checkpoint(path, model)
+    return path
+
+
+def build_bench_index(work: str, items: int, shards: int, nbits: int, bases: int, log) -> tuple[str, str, str]:
+    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray.model import encode, load_checkpoint
+    from qadwh_ray.serving.testing import checkpoint_record, write_index_version
+
+    params = {"items": items, "shards": shards, "nbits": nbits, "bases": bases, "format": 1}
+    marker = os.path.join(work, "bench-index.json")
+    if os.path.exists(marker):  # --workdir from an earlier run with the same parameters: reuse
+        with open(marker) as f:
+            saved = json.load(f)
+        if saved.get("params") == params:
+            log(f"reusing the index in {work} ({saved['version']})")
+            return saved["root"], saved["version"], saved["checkpoint"]
+    ck = spread_checkpoint(os.path.join(work, "model.pt"), nbits)
+    images, labels = load_fashion_mnist()
+    t = time.perf_counter()
+    model = load_checkpoint(ck)
+    base_codes = encode(model, images[:bases], batch_size=2048).codes
+    log(f"encoded {bases} base images in {time.perf_counter() - t:.1f} s")
+    rng = np.random.default_rng(0)
+    ids = np.arange(items, dtype=np.int64)
+    bits = np.unpackbits(base_codes[ids % bases], axis=1, bitorder="little")
+    flips = rng.random(bits.shape) < 0.03
+    codes = np.packbits(bits ^ flips, axis=1, bitorder="little")
+    lab = np.zeros((items, 10), dtype=np.uint8)
+    lab[ids, labels[ids % bases]] = 1
+    t = time.perf_counter()
+    root = os.path.join(work, "index")
+    version = write_index_version(
+        root,
+        ids,
+        codes,
+        lab,
+        num_shards=shards,
+        checkpoint=checkpoint_record(ck),
+        sources=[{"kind": "synthetic", "uri": f"fashion:{bases}-bases+3%-bit-flips", "rows": items}],
+    )
+    log(f"wrote {items} items in {shards} shards ({version}) in {time.perf_counter() - t:.1f} s")
+    with open(marker, "w") as f:
+        json.dump({"params": params, "root": root, "version": version, "checkpoint": ck}, f)
+    return root, version, ck
+
+
+def make_queries(ck: str, n: int, bases: int):
+    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray.data.transforms import encode_png
+    from qadwh_ray.model import encode, load_checkpoint
+
+    images, _ = load_fashion_mnist()
+    rows = np.random.default_rng(1).choice(np.arange(bases, images.shape[0]), n, replace=False)
+    enc = encode(load_checkpoint(ck), images[rows])
+    code_q = [{"code": c.tobytes().hex(), "weights": w.tolist(), "k": 10, "mode": "qadwh"} for c, w in zip(enc.codes, enc.qadwh_weights)]
+    img_q = [{"image_base64": base64.b64encode(encode_png(im)).decode(), "k": 10, "mode": "qadwh"} for im in images[rows]]
+    return code_q, img_q
+
+
+# --------------------------------------------------------------------- load
+
+
+async def run_load(url: str, bodies: list, n: int, concurrency: int) -> dict:
+    import aiohttp
+
+    lat: list = []
+    errors: list = []
+    answers: dict = {}
+    todo = iter(range(n))
+    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as sess:
+
+        async def worker():
+            for i in todo:
+                body = bodies[i % len(bodies)]
+                t0 = time.perf_counter()
+                try:
+                    async with sess.post(url, json=body) as r:
+                        data = await r.read()
+                        status = r.status
+                except Exception as exc:  # noqa: BLE001 — counted as an error
+                    errors.append(str(exc)[:200])
+                    continue
+                lat.append(time.perf_counter() - t0)
+                if status != 200:
+                    errors.append(f"{status}: {data[:200]!r}")
+                    continue
+                if i < len(bodies):
+                    got = json.loads(data)
+                    answers[i] = (got["ids"], got["distances"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat_ms = np.asarray(lat) * 1e3
+    return {
+        "qps": len(lat) / wall if wall > 0 else 0.0,
+        "p50_ms": float(np.percentile(lat_ms, 50)) if lat else None,
+        "p99_ms": float(np.percentile(lat_ms, 99)) if lat else None,
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "answers": answers,
+    }
+
+
+def wait_http(url: str, timeout: float = 300.0) -> None:
+    import requests
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--bits", type=int, default=48)
+    ap.add_argument("--bases", type=int, default=20_000, help="real images whose codes seed the synthetic database")
+    ap.add_argument("--queries", type=int, default=200, help="distinct queries of each kind")
+    ap.add_argument("--code-requests", type=int, default=600, help="requests per server per round (code queries)")
+    ap.add_argument("--image-requests", type=int, default=300, help="requests per server per round (image queries)")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
+    ap.add_argument("--no-noop-probe", dest="noop_probe", action="store_false", help="skip measuring a no-op Serve app of the same topology")
+    ap.add_argument("--workdir", help="keep the index here and reuse it on the next run with the same sizes (default: a temporary directory, deleted)")
+    ap.add_argument("--baseline-server", nargs=3, metavar=("ROOT", "VERSION", "PORT"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.baseline_server:
+        run_baseline_server(a.baseline_server[0], a.baseline_server[1], int(a.baseline_server[2]))
+        return 0
+
+    def log(msg):
+        print(f"[serve_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    work = a.workdir or tempfile.mkdtemp(prefix="qadwh-serve-bench-")
+    os.makedirs(work, exist_ok=True)
+    baseline = None
+    try:
+        root, version, ck = build_bench_index(work, a.items, a.shards, a.bits, a.bases, log)
+        code_q, img_q = make_queries(ck, a.queries, a.bases)
+
+        fport = free_port()
+        baseline = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--baseline-server", root, version, str(fport)],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"},
+        )
+        import ray
+        from ray import serve
+
+        from qadwh_ray.serving.app import build_app
+
+        ray.init(num_cpus=a.ray_cpus, include_dashboard=False, logging_level="WARNING")
+        sport = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": sport})
+        args = {
+            "index": root,
+            "poll_interval_s": 30.0,
+            "max_k": 100,
+            "router": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1},
+            "encoder": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1, "max_batch_size": 8, "batch_wait_timeout_s": 0.002},
+            "shard": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1, "search_threads": 1},
+        }
+        t = time.perf_counter()
+        serve.run(build_app(args), name="bench", route_prefix="/", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        wait_http(f"http://127.0.0.1:{sport}/readyz")
+        wait_http(f"http://127.0.0.1:{fport}/healthz")
+        log(f"both servers up ({time.perf_counter() - t:.0f} s); load: {a.concurrency} concurrent clients")
+        urls = {"serve": f"http://127.0.0.1:{sport}/v1/search", "fastapi": f"http://127.0.0.1:{fport}/v1/search"}
+
+        for name, url in urls.items():  # warm-up (kernels, first batches)
+            asyncio.run(run_load(url, code_q, 40, a.concurrency))
+            asyncio.run(run_load(url, img_q, 40, a.concurrency))
+
+        import requests
+
+        for body in (code_q[0], img_q[0]):  # where the time goes, one request at a time
+            t0 = time.perf_counter()
+            dbg = requests.post(urls["serve"], json={**body, "debug": True}, timeout=60).json().get("debug", {})
+            dbg.pop("weights", None)
+            log(f"serve breakdown ({(time.perf_counter() - t0) * 1e3:.1f} ms at the client): {json.dumps(dbg)}")
+
+        results: dict = {}
+        mismatches = 0
+        image_diffs = 0
+        for kind, bodies, n in (("code", code_q, a.code_requests), ("image", img_q, a.image_requests)):
+            per = {"serve": [], "fastapi": []}
+            for r in range(a.rounds):
+                order = ["serve", "fastapi"] if r % 2 == 0 else ["fastapi", "serve"]
+                for name in order:
+                    res = asyncio.run(run_load(urls[name], bodies, n, a.concurrency))
+                    per[name].append(res)
+                    log(f"{kind} round {r + 1} {name:7s}: {res['qps']:7.1f} q/s  p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  errors {res['errors']}")
+            s_ans, f_ans = per["serve"][-1]["answers"], per["fastapi"][-1]["answers"]
+            diff = sum(1 for i in s_ans.keys() & f_ans.keys() if s_ans[i] != f_ans[i])
+            if kind == "code":
+                mismatches += diff  # exact inputs: answers must be identical
+            else:
+                image_diffs = diff  # batched vs single-image float32 encoding may move weights in the last bits
+            results[kind] = {
+                name: {
+                    "qps": statistics.median(x["qps"] for x in per[name]),
+                    "p50_ms": statistics.median(x["p50_ms"] for x in per[name]),
+                    "p99_ms": statistics.median(x["p99_ms"] for x in per[name]),
+                    "errors": sum(x["errors"] for x in per[name]),
+                    "error_examples": [e for x in per[name] for e in x["error_examples"]][:3],
+                }
+                for name in per
+            }
+        noop = None
+        if a.noop_probe:
+            serve.run(noop_probe_app(), name="noop", route_prefix="/noop", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+            nurl = f"http://127.0.0.1:{sport}/noop/v1/search"
+            asyncio.run(run_load(nurl, [{}], 40, a.concurrency))
+            noop = statistics.median(asyncio.run(run_load(nurl, code_q, a.code_requests, a.concurrency))["qps"] for _ in range(a.rounds))
+            log(f"no-op Serve app, same topology and load: {noop:.1f} q/s")
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        if baseline is not None:
+            baseline.terminate()
+            try:
+                baseline.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                baseline.kill()
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    out = {
+        "benchmark": "serve_vs_fastapi",
+        "items": a.items,
+        "shards": a.shards,
+        "bits": a.bits,
+        "codes": "synthetic stand-in (real-image codes + 3% bit flips)",
+        "concurrency": a.concurrency,
+        "rounds": a.rounds,
+        "requests_per_round": {"code": a.code_requests, "image": a.image_requests},
+    }
+    ratios_qps, ratios_p99 = [], []
+    for kind, r in results.items():
+        s, f = r["serve"], r["fastapi"]
+        q = s["qps"] / f["qps"] if f["qps"] else None
+        p = s["p99_ms"] / f["p99_ms"] if f["p99_ms"] else None
+        ratios_qps.append(q)
+        ratios_p99.append(p)
+        print(
+            f"{kind:5s} queries  serve {s['qps']:7.1f} q/s p50 {s['p50_ms']:6.1f} ms p99 {s['p99_ms']:6.1f} ms | "
+            f"fastapi {f['qps']:7.1f} q/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms | qps x{q:.2f} p99 x{p:.2f}"
+        )
+        for name in ("serve", "fastapi"):
+            for key in ("qps", "p50_ms", "p99_ms", "errors"):
+                v = r[name][key]
+                out[f"{kind}_{name}_{key}"] = round(v, 2) if isinstance(v, float) else v
+        out[f"{kind}_serve_vs_fastapi_qps"] = round(q, 3)
+        out[f"{kind}_serve_vs_fastapi_p99"] = round(p, 3)
+    out["serve_vs_fastapi_qps"] = round(min(ratios_qps), 3)
+    out["serve_vs_fastapi_p99"] = round(max(ratios_p99), 3)
+    if noop is not None:
+        out["serve_noop_qps"] = round(noop, 1)  # Serve's floor here: proxy + ingress + 2 leaf calls doing nothing
+        out["code_serve_vs_noop_qps"] = round(results["code"]["serve"]["qps"] / noop, 3)
+    out["errors"] = sum(results[k][n]["errors"] for k in results for n in ("serve", "fastapi"))
+    out["answer_mismatches"] = mismatches
+    out["image_answer_differences"] = image_diffs
+    out["targets_met"] = bool(out["serve_vs_fastapi_qps"] >= 0.5 and out["serve_vs_fastapi_p99"] <= 2.0 and out["errors"] == 0 and mismatches == 0)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Serving pieces that need no cluster: app args, the Serve config file, request parsing, radius search."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from qadwh_ray.serving.api import parse_code, parse_multipart, parse_weights
+from qadwh_ray.serving.config import AppArgs, RuntimeConfig
+from qadwh_ray.serving.errors import ApiError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_config_file_validates():
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+    ServeDeploySchema.model_validate(cfg)
+    app = cfg["applications"][0]
+    assert app["import_path"] == "qadwh_ray.serving.app:build_app"
+    args = AppArgs.parse(app["args"])
+    assert args.shard.min_replicas >= 2 and args.require_auth and args.auth_token_file
+
+
+def test_app_args_are_strict():
+    AppArgs.parse({"index": "/tmp/x"})
+    with pytest.raises(Exception, match="unknwon_key|extra"):
+        AppArgs.parse({"index": "/tmp/x", "unknwon_key": 1})
+    with pytest.raises(Exception, match="max_ongoing_requests"):
+        AppArgs.parse({"index": "/tmp/x", "encoder": {"max_batch_size": 32, "max_concurrent_batches": 4, "max_ongoing_requests": 64}})
+    with pytest.raises(Exception, match="invalid index version name"):
+        AppArgs.parse({"index": "/tmp/x", "version": "../etc"})
+    with pytest.raises(Exception, match="default_k"):
+        AppArgs.parse({"index": "/tmp/x", "default_k": 50, "max_k": 10})
+    with pytest.raises(Exception, match="max_replicas"):
+        AppArgs.parse({"index": "/tmp/x", "shard": {"min_replicas": 3, "max_replicas": 2}})
+    assert AppArgs.parse({"index": "/tmp/x", "version": "current"}).version is None
+    assert RuntimeConfig.parse({"version": "v1"}).version == "v1"
+    with pytest.raises(Exception):
+        RuntimeConfig.parse({"version": "v1", "other": 2})
+
+
+def test_multipart_parser_keeps_binary_bytes():
+    payload = b"\x89PNG\r\n\x1a\n\r\n--notboundary\r\n\x00\xff"
+    body = (
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="k"\r\n\r\n'
+        b"7\r\n"
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="image"; filename="a b.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + payload + b"\r\n"
+        b"--XyZ--\r\n"
+    )
+    fields, files = parse_multipart(body, 'multipart/form-data; boundary="XyZ"')
+    assert fields == {"k": "7"} and files == {"image": payload}
+    for bad_body, ctype in (
+        (body, "multipart/form-data"),  # no boundary
+        (body[: body.rindex(b"--XyZ--")], "multipart/form-data; boundary=XyZ"),  # not closed
+        (b"--XyZ\r\nno header end--XyZ--", "multipart/form-data; boundary=XyZ"),
+    ):
+        with pytest.raises(ApiError) as e:
+            parse_multipart(bad_body, ctype)
+        assert e.value.status == 400
+
+
+def test_code_and_weight_parsing():
+    assert parse_code("0A1b", 16) == b"\x0a\x1b"
+    assert parse_code("0x0a1b", 16) == b"\x0a\x1b"
+    for bad in ("0a1b2c", "0a", "zz1b"):
+        with pytest.raises(ApiError) as e:
+            parse_code(bad, 16)
+        assert e.value.status == 422
+    assert parse_weights([1.0] * 16, 16) == [1.0] * 16
+    for bad in ([1.0] * 15, [float("nan")] + [1.0] * 15, [-0.5] + [1.0] * 15, [float("inf")] * 16):
+        with pytest.raises(ApiError):
+            parse_weights(bad, 16)
+
+
+def test_radius_search_matches_brute_force():
+    from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
+    from qadwh_ray.serving.shard import LoadedShard, search_loaded
+
+    rng = np.random.default_rng(0)
+    n, nbits = 700, 16
+    ids = np.sort(rng.choice(10_000, n, replace=False)).astype(np.int64)
+    codes = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+    index = HashIndex(nbits, device="cpu")
+    index.add(codes, ids)
+    data = LoadedShard("v1", 0, nbits, ids, codes, None, None, index)
+    q = rng.integers(0, 256, (3, nbits // 8), dtype=np.uint8)
+    w = rng.uniform(0.1, 2.0, (3, nbits))
+    ham = reference_distances(q, codes, *query_weights(None, "hamming", 3, nbits))
+    for mode, weights in (("qadwh", w), ("dwh", w[0]), ("hamming", None)):
+        wi, e = query_weights(weights, mode, 3, nbits)
+        dist = reference_distances(q, codes, wi, e)
+        for radius, k in ((0, 5), (3, 20), (5, 400)):
+            d, got = search_loaded(data, q, weights, mode, k, radius)
+            for i in range(3):
+                sel = np.flatnonzero(ham[i] <= radius)
+                order = sel[np.lexsort((ids[sel], dist[i, sel]))][:k]
+                m = order.size
+                assert got[i, :m].tolist() == ids[order].tolist()
+                assert d[i, :m].tolist() == dist[i, order].tolist()
+                assert (got[i, m:] == -1).all() and np.isinf(d[i, m:]).all()
+    # a radius at the code length is a plain top-k search
+    d1, i1 = search_loaded(data, q, w, "qadwh", 10, nbits)
+    d2, i2 = index.search(q, 10, w, mode="qadwh")
+    assert (i1 == i2).all() and (d1 == d2).all()
+
+
+def test_serve_cli_args(tmp_path):
+    from qadwh_ray.serving.cli import add_serve_parser, serve_args_from_cli
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(
+        ["serve", "--config", str(ROOT / "cluster" / "serve.yaml"), "--index", "/data/idx", "--set", "shard.max_replicas=3", "--set", "max_k=50"]
+    )
+    d = serve_args_from_cli(ns)
+    assert d["index"] == "/data/idx" and d["shard"]["max_replicas"] == 3 and d["max_k"] == 50
+    assert d["shard"]["min_replicas"] == 2  # from the config file
+    with pytest.raises(ValueError, match="invalid serve arguments"):
+        serve_args_from_cli(parser.parse_args(["serve", "--index", "/x", "--set", "shard.bogus=1"]))
+    with pytest.raises(ValueError, match="--index"):
+        serve_args_from_cli(parser.parse_args(["serve"]))
+
+
+def test_coalesced_search_equals_one_query_at_a_time():
+    """search_many (the router's coalesced shard call) answers each query exactly as alone."""
+    from qadwh_ray.core.search import HashIndex
+    from qadwh_ray.serving.shard import LoadedShard, search_loaded, search_many
+
+    rng = np.random.default_rng(1)
+    n, nbits = 900, 24
+    ids = np.sort(rng.choice(50_000, n, replace=False)).astype(np.int64)
+    codes = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+    labels = np.eye(10, dtype=np.uint8)[rng.integers(0, 10, n)]
+    index = HashIndex(nbits, device="cpu")
+    index.add(codes, ids, labels=labels)
+    data = LoadedShard("v1", 0, nbits, ids, codes, labels, None, index)
+    dwh = rng.uniform(0.1, 2.0, nbits)
+    queries = []
+    for j in range(40):
+        mode = ("qadwh", "dwh", "hamming")[j % 3]
+        w = rng.uniform(0.1, 2.0, nbits) if mode == "qadwh" else (dwh if mode == "dwh" else None)
+        queries.append((rng.integers(0, 256, nbits // 8, dtype=np.uint8), w, mode, int(rng.integers(1, 60)), 4 if j % 7 == 0 else None))
+    got = search_many(data, queries)
+    for (code, w, mode, k, radius), (d, i) in zip(queries, got):
+        wq = None if mode == "hamming" else (w[None, :] if mode == "qadwh" else w)
+        d1, i1 = search_loaded(data, code[None, :], wq, mode, k, radius)
+        assert i.tolist() == i1[0].tolist() and d.tolist() == d1[0].tolist()
