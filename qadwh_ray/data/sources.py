@@ -242,7 +242,8 @@ def load_image_folder(
 # -------------------------------------------------------------------- parquet
 
 
-def _parquet_files(uri: str) -> list[str]:
+def parquet_files(uri: str) -> list[str]:
+    """The Parquet files of a table: one file, or every *.parquet under a directory."""
     if storage.is_dir(uri):
         files = storage.list_files(uri, recursive=True, suffixes=(".parquet", ".pq"))
         if not files:
@@ -343,7 +344,7 @@ def _iter_chunks(
     state: dict,
 ) -> Iterator[_Chunk]:
     """Decoded record batches of every file, in file order, streamed."""
-    files = _parquet_files(uri)
+    files = parquet_files(uri)
     offset = 0
     size = _size_tuple(expected_size)
     for file_uri in files:

@@ -359,15 +359,6 @@ def _rows_batch(
 # ------------------------------------------------------------------ Parquet
 
 
-def _parquet_files(uri: str) -> list[str]:
-    if storage.is_dir(uri):
-        files = storage.list_files(uri, recursive=True, suffixes=(".parquet", ".pq"))
-        if not files:
-            raise FileNotFoundError(f"no Parquet files (*.parquet) under {uri}")
-        return files
-    return [uri]
-
-
 def _read_footer(uri: str) -> pq.FileMetaData:
     try:
         with storage.open_input(uri) as f:
@@ -399,7 +390,9 @@ def _check_parquet_schema(schema: pa.Schema, uri: str, image_column: str, label_
 
 
 def _plan_parquet(uri, num_classes, mode, image_size, image_column, label_column, id_column, work_rows) -> SourcePlan:
-    files = _parquet_files(uri)
+    from qadwh_ray.data.sources import parquet_files  # imports torch: only where Parquet is planned
+
+    files = parquet_files(uri)
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         footers = list(pool.map(_read_footer, files))
     work = []

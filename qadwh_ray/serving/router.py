@@ -93,6 +93,17 @@ _RETRYABLE: tuple = ()
 _IMAGE_CACHE_BYTES = 64 * 1024 * 1024
 
 
+def check_shard_replies(replies: list[dict], version: str) -> None:
+    """Refuse an answer unless every shard answered, and from ``version`` (no mixed versions)."""
+    for r in replies:
+        if not r.get("ok"):
+            if r.get("error") == "version_unavailable":
+                raise VersionGone(r.get("detail"))
+            raise ApiError(422, r.get("error", "invalid_request"), r.get("detail", "the shard refused the query"))
+        if r.get("version") != version:  # defensive: a shard must answer from the version asked for
+            raise VersionGone(f"shard {r.get('shard')} answered from {r.get('version')}")
+
+
 def _retryable() -> tuple:
     global _RETRYABLE
     if not _RETRYABLE:
@@ -214,13 +225,7 @@ class _Coalescer:
                 return r
 
             replies = await asyncio.gather(*(one(i) for i in range(st.num_shards)))
-            for r in replies:
-                if not r.get("ok"):
-                    if r.get("error") == "version_unavailable":
-                        raise VersionGone(r.get("detail"))
-                    raise ApiError(422, r.get("error", "invalid_request"), r.get("detail", "the shard refused the query"))
-                if r.get("version") != st.version:
-                    raise VersionGone(f"shard {r.get('shard')} answered from {r.get('version')}")
+            check_shard_replies(replies, st.version)
             meta = [
                 {"shard": r["shard"], "rtt_ms": round(r["_rtt_ms"], 3), "search_ms": round(r["search_ms"], 3), "replica": r.get("replica"), "batch": len(batch)}
                 for r in replies
@@ -529,13 +534,7 @@ class Router:
                 return r
 
             replies = await asyncio.gather(*(one(i) for i in range(st.num_shards)))
-            for r in replies:
-                if not r.get("ok"):
-                    if r.get("error") == "version_unavailable":
-                        raise VersionGone(r.get("detail"))
-                    raise ApiError(422, r.get("error", "invalid_request"), r.get("detail", "the shard refused the query"))
-                if r.get("version") != st.version:  # defensive: a shard must answer from the version asked for
-                    raise VersionGone(f"shard {r.get('shard')} answered from {r.get('version')}")
+            check_shard_replies(replies, st.version)
             pairs = [(r["distances"], r["ids"]) for r in replies]
             label_rows = [r["labels"] for r in replies]
             shard_meta = [
