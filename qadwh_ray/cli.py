@@ -89,10 +89,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The main job: end to end on embedded defaults (local for now)."""
-    if not args.full:
-        args.set = [f"epochs={args.epochs}"] + args.set
-    return _ablation(args, ["plain", "paper", "reference"])
+    """The main job: train (Ray Train) → evaluate → index (Ray Data) → serve (Ray Serve) → sample queries."""
+    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.pipelines.end_to_end import MainJobOptions, keep_serving, run_main_job, stop_service
+
+    overrides = list(args.set) if args.full else [f"epochs={args.epochs}", *args.set]
+    forms = args.forms.split(",") if args.forms else (["plain", "paper", "reference"] if args.full else ["plain", "paper"])
+    opts = MainJobOptions(
+        base=load_config(args.config, overrides), bits=args.bits, forms=forms, out=args.out, shards=args.shards,
+        ray_address=args.address, host=args.host, port=args.port,
+        progress=not args.quiet, export_dir=args.export,
+    )
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    run_main_job(opts, log)
+    if args.exit_after_queries:
+        stop_service(opts.app_name)
+        log("service stopped (--exit-after-queries)")
+    else:
+        keep_serving(log, opts.app_name)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,24 +148,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("run", help="the main job, end to end on embedded defaults")
+    p = sub.add_parser("run", help="the main job: train (Ray Train), evaluate, index (Ray Data), serve (Ray Serve)")
     _add_config_args(p)
-    p.add_argument("--full", action="store_true", help="full-length run: every code length, the config's epochs")
+    p.add_argument("--full", action="store_true",
+                   help="full-length run: 12/24/32/48 bits, NINH + QaDWH + reference form, the config's epochs")
     p.add_argument("--epochs", type=int, default=8, help="epochs per model in the quick run (ignored with --full)")
-    p.add_argument("--bits", type=_bits, default=None)
-    p.add_argument("--out", default="runs/main")
+    p.add_argument("--bits", type=_bits, default=None, help="code lengths (default 48; --full: 12,24,32,48)")
+    p.add_argument("--forms", default=None, help="triplet forms to train (default plain,paper; --full adds reference)")
+    p.add_argument("--out", default="runs/main", help="directory or URI for runs, checkpoints, report and index")
+    p.add_argument("--shards", type=int, default=2, help="index shards (one serving deployment each)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host of the service (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the service")
+    p.add_argument("--exit-after-queries", action="store_true",
+                   help="shut the service down after the sample queries instead of serving until Ctrl-C")
     p.add_argument("--export", help="also write what was ranked as Parquet here")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
     # The Ray stages: each package registers its own subcommands (imports stay light).
     from qadwh_ray.indexing.cli import add_index_parser
+    from qadwh_ray.pipelines.cli import add_nightly_parser
     from qadwh_ray.serving.cli import add_serve_parser
     from qadwh_ray.train.cli import add_train_parser
 
     add_train_parser(sub)
     add_index_parser(sub)
     add_serve_parser(sub)
+    add_nightly_parser(sub)
     return parser
 
 

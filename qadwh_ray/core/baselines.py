@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qadwh_ray.core.bits import check_nbits, pack_bits
+from qadwh_ray.core.bits import check_code_length, pack_bits
 
 
 @dataclass
@@ -39,7 +39,7 @@ def _check_features(features: np.ndarray, dim: int | None = None) -> np.ndarray:
 
 def fit_lsh(features: np.ndarray, nbits: int, seed: int = 0) -> LinearHash:
     """Sign random projections (Charikar's SimHash) of mean-centred features."""
-    nbits = check_nbits(nbits)
+    nbits = check_code_length(nbits)
     x = _check_features(features)
     rng = np.random.default_rng(seed)
     return LinearHash(x.mean(axis=0), rng.standard_normal((x.shape[1], nbits)))
@@ -49,7 +49,7 @@ def fit_itq(features: np.ndarray, nbits: int, iterations: int = 50, seed: int = 
     """Iterative Quantization (Gong & Lazebnik 2011): PCA to nbits, then a
     rotation R minimising ||B − V R||² by alternating B = sign(V R) and the
     orthogonal Procrustes solution for R."""
-    nbits = check_nbits(nbits)
+    nbits = check_code_length(nbits)
     x = _check_features(features)
     if nbits > min(x.shape):
         raise ValueError(f"ITQ needs at least {nbits} samples and feature dimensions, got {x.shape}")

@@ -2,8 +2,15 @@
 
 Convention (DESIGN.md §7, FAISS's ``fvec2bitvec``): bit ``t`` of code position
 ``8*j + t`` is stored in byte ``j`` at bit position ``t`` — little-endian within
-each byte. Code lengths are multiples of 8, so a code is exactly ``nbits // 8``
-bytes and packed codes are C-contiguous ``uint8`` arrays of shape ``(n, nbits//8)``.
+each byte. Packed codes are C-contiguous ``uint8`` arrays of shape
+``(n, ceil(nbits / 8))``.
+
+Code lengths: a model may have any number of bits (the paper's ablation uses
+12); its packed codes are then padded with zero bits up to a whole byte. The
+padding bits are equal in every code, so Hamming and weighted Hamming
+distances (padding weights are zero) are exactly those of the unpadded codes.
+Everything stored or served — the index format, the search engine, the HTTP
+API — takes whole bytes only (``check_nbits``: a multiple of 8).
 """
 
 from __future__ import annotations
@@ -23,12 +30,38 @@ def check_nbits(nbits: int) -> int:
     return nbits
 
 
+def check_code_length(nbits: int) -> int:
+    """Return ``nbits`` as int after checking it is a positive number of bits (a model's code length)."""
+    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)):
+        raise TypeError(f"code length must be an integer number of bits, got {nbits!r}")
+    nbits = int(nbits)
+    if not 1 <= nbits <= 4096:
+        raise ValueError(f"code length must be between 1 and 4096 bits, got {nbits}")
+    return nbits
+
+
+def code_bytes(nbits: int) -> int:
+    """Bytes per packed code of ``nbits`` bits (zero-padded to a whole byte)."""
+    return (check_code_length(nbits) + 7) // 8
+
+
+def pad_weights(weights: np.ndarray, nbytes: int) -> np.ndarray:
+    """Per-bit weights ``(..., nbits)`` padded with zeros to ``(..., 8 * nbytes)`` (the padding bits of packed codes)."""
+    weights = np.asarray(weights)
+    extra = 8 * nbytes - weights.shape[-1]
+    if extra < 0 or extra >= 8:
+        raise ValueError(f"{weights.shape[-1]} weights do not fit {nbytes}-byte codes")
+    if extra == 0:
+        return weights
+    return np.concatenate([weights, np.zeros(weights.shape[:-1] + (extra,), dtype=weights.dtype)], axis=-1)
+
+
 def pack_bits(bits: np.ndarray) -> np.ndarray:
-    """Pack a ``(n, nbits)`` array of 0/1 (bool or integer) into ``(n, nbits//8)`` uint8."""
+    """Pack a ``(n, nbits)`` array of 0/1 (bool or integer) into ``(n, ceil(nbits/8))`` uint8, zero-padded."""
     bits = np.asarray(bits)
     if bits.ndim != 2:
         raise ValueError(f"bits must be a 2-D (n, nbits) array, got shape {bits.shape}")
-    check_nbits(bits.shape[1])
+    check_code_length(bits.shape[1])
     if bits.dtype != np.bool_:
         if not np.issubdtype(bits.dtype, np.integer):
             raise TypeError(f"bits must be bool or integer 0/1, got dtype {bits.dtype}")
@@ -38,7 +71,12 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def unpack_bits(codes: np.ndarray, nbits: int | None = None) -> np.ndarray:
-    """Unpack ``(n, nbytes)`` uint8 codes into a ``(n, nbits)`` uint8 array of 0/1."""
+    """Unpack ``(n, nbytes)`` uint8 codes into a ``(n, nbits)`` uint8 array of 0/1 (``nbits``: all bytes' bits)."""
+    if nbits is not None and nbits % 8:
+        codes = check_codes(codes)
+        if codes.shape[1] != code_bytes(nbits):
+            raise ValueError(f"codes have {codes.shape[1]} bytes per code, expected {code_bytes(nbits)} for {nbits}-bit codes")
+        return np.unpackbits(codes, axis=1, bitorder=BIT_ORDER)[:, :nbits]
     codes = check_codes(codes, nbits)
     return np.unpackbits(codes, axis=1, bitorder=BIT_ORDER)
 

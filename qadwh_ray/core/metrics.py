@@ -257,6 +257,62 @@ def precision_recall_curve(
     return PRCurve(prec / nq, rec / nq, cutoffs)
 
 
+def _ap_sum(terms: np.ndarray, cum: np.ndarray, top: int) -> float:
+    """Sum over rows of AP@top from ``terms = P@i * rel_i`` and the cumulative relevant counts."""
+    r_k = cum[:, top - 1]
+    s = terms[:, :top].sum(axis=1)
+    return float(np.divide(s, r_k, out=np.zeros_like(s), where=r_k > 0).sum())
+
+
+class RankingSummary(NamedTuple):
+    """Every rank-based metric of one set of rankings (see :func:`ranking_summary`)."""
+
+    map_all: float
+    map_at_k: float  # MAP@map_top_k
+    precision_at: np.ndarray  # mean precision@k for each k of ``ks``
+    pr: PRCurve
+
+
+def ranking_summary(
+    distances: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    ks: Sequence[int],
+    map_top_k: int = 1000,
+    pr_points: int = 100,
+    db_ids: np.ndarray | None = None,
+    chunk: int | None = None,
+) -> RankingSummary:
+    """MAP@all, MAP@``map_top_k``, precision@``ks`` and the PR curve from one full
+    sort per query chunk — the same numbers as :func:`mean_average_precision`,
+    :func:`precision_at_k` and :func:`precision_recall_curve` called one by one
+    (which sort again each time), at a fraction of the cost."""
+    d = _check_distances(distances)
+    nq, n = d.shape
+    if nq == 0 or n == 0:
+        raise ValueError(f"rankings need queries and items, got distances of shape {d.shape}")
+    ks_arr = _check_ks(ks, n)
+    kmap = min(_check_positive_int(map_top_k, "map_top_k"), n)
+    _check_positive_int(pr_points, "pr_points")
+    cutoffs = np.unique(np.round(np.linspace(1, n, int(pr_points))).astype(np.int64))
+    pos = np.arange(1, n + 1, dtype=np.float64)
+    map_all = map_k = 0.0
+    pk = np.zeros(ks_arr.size)
+    prec = np.zeros(cutoffs.size)
+    rec = np.zeros(cutoffs.size)
+    for rel, total_rel in _ranked_relevance(d, query_labels, db_labels, n, db_ids, chunk):
+        cum = np.cumsum(rel, axis=1, dtype=np.float64)
+        terms = (cum / pos) * rel
+        map_all += _ap_sum(terms, cum, n)
+        map_k += _ap_sum(terms, cum, kmap)
+        pk += (cum[:, ks_arr - 1] / ks_arr).sum(axis=0)
+        tp = cum[:, cutoffs - 1]
+        prec += (tp / cutoffs).sum(axis=0)
+        denom = total_rel.astype(np.float64)[:, None]
+        rec += np.divide(tp, denom, out=np.zeros_like(tp), where=denom > 0).sum(axis=0)
+    return RankingSummary(map_all / nq, map_k / nq, pk / nq, PRCurve(prec / nq, rec / nq, cutoffs))
+
+
 # --------------------------------------------------------------------------- Hamming radius
 
 

@@ -400,6 +400,11 @@ def build_index(
     cfg = ModelConfig.from_dict(payload["model_config"])
     ckpt = _checkpoint_record(payload)
     del payload
+    if cfg.nbits % 8:
+        raise ValueError(
+            f"checkpoint {checkpoint} has {cfg.nbits}-bit codes; the index stores whole bytes, so index and serve "
+            f"models whose code length is a multiple of 8 (train with nbits=16, 24, 32, 48, ...)"
+        )
 
     base = None
     if incremental:

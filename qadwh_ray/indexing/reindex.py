@@ -30,6 +30,7 @@ from qadwh_ray import storage
 from qadwh_ray.index.format import Manifest, ShardData, check_shard_bytes, shard_data_from_table
 from qadwh_ray.index.store import IndexStore
 from qadwh_ray.indexing.pipeline import BuildOptions, BuildResult, IndexBuildError, _pause_before_publish, build_index
+from qadwh_ray.model.checkpoint import newest_checkpoint
 
 __all__ = ["CheckOptions", "CheckFailed", "newest_checkpoint", "load_queries", "map_of_index", "run_checks", "reindex"]
 
@@ -56,35 +57,6 @@ class CheckOptions:
 
     def map_key(self, queries: str) -> dict:
         return {"queries": queries, "map_queries": self.map_queries, "top_k": self.map_top_k, "weights": "qadwh", "seed": self.query_seed}
-
-
-# ----------------------------------------------------------------- checkpoints
-
-
-def newest_checkpoint(uri: str) -> str:
-    """``uri`` itself when it is a checkpoint file or a directory holding
-    ``model.pt``; otherwise the most recently written ``model.pt`` / ``*.pt``
-    below it (e.g. the newest of a Ray Train run's checkpoint directories)."""
-    import pyarrow.fs as pafs
-
-    from qadwh_ray.model.checkpoint import FILENAME
-
-    if storage.exists(uri) and not storage.is_dir(uri):
-        return uri
-    if storage.exists(storage.join(uri, FILENAME)):
-        return storage.join(uri, FILENAME)
-    if not storage.is_dir(uri):
-        raise FileNotFoundError(f"no checkpoint at {uri}")
-    fs, path = storage.filesystem_and_path(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    cands = [
-        i for i in infos
-        if i.type == pafs.FileType.File and i.base_name.endswith(".pt") and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/") if p)
-    ]
-    if not cands:
-        raise FileNotFoundError(f"no checkpoint (*.pt) under {uri}")
-    best = max(cands, key=lambda i: (i.mtime.timestamp() if i.mtime else 0.0, i.path))
-    return storage.join(uri, best.path[len(path):].lstrip("/"))
 
 
 # --------------------------------------------------------------------- queries

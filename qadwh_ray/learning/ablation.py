@@ -2,7 +2,8 @@
 
 ``run_ablation`` trains locally and evaluates; ``evaluate_checkpoints`` ranks
 models trained elsewhere (Ray Train) from their checkpoints, by the naming
-convention ``<method>-<bits>.pt`` (``ninh``, ``qadwh``, ``qadwh-ref``).
+convention ``<method>-<bits>.pt`` (``ninh``, ``qadwh``, ``qadwh-ref``), or
+from the Ray Train runs of those names.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
 from qadwh_ray.learning.evaluate import Ranking, RankingMetrics, evaluate_ranking, format_table
 from qadwh_ray.learning.local import train_local
-from qadwh_ray.model.checkpoint import load_checkpoint
+from qadwh_ray.model.checkpoint import load_checkpoint, newest_checkpoint
 from qadwh_ray.model.encode import encode
 from qadwh_ray.model.network import HashingNetwork
 
@@ -25,6 +26,18 @@ FORM_NAMES = {"plain": "NINH", "paper": "QaDWH", "reference": "QaDWH-ref"}
 
 def checkpoint_name(form: str, nbits: int) -> str:
     return f"{FORM_NAMES[form].lower()}-{nbits}.pt"
+
+
+def model_checkpoint(checkpoint_dir: str, form: str, nbits: int) -> str:
+    """``<dir>/<method>-<bits>.pt``, or the newest checkpoint of the Ray Train run ``<dir>/<method>-<bits>/``."""
+    name = checkpoint_name(form, nbits)
+    path = storage.join(checkpoint_dir, name)
+    if storage.exists(path):
+        return path
+    run_dir = storage.join(checkpoint_dir, name[: -len(".pt")])
+    if storage.exists(run_dir):
+        return newest_checkpoint(run_dir)
+    raise FileNotFoundError(f"no {name} and no training run {name[:-3]}/ under {checkpoint_dir}")
 
 
 def rankings_for(form: str, nbits: int, model: HashingNetwork, data: RetrievalData) -> list[Ranking]:
@@ -118,15 +131,15 @@ def run_ablation(
 
 def evaluate_checkpoints(
     checkpoint_dir: str, bits: list[int], forms: list[str], base: TrainConfig, out_dir: str | None = None,
-    export_dir: str | None = None, log=print,
+    export_dir: str | None = None, log=print, data: RetrievalData | None = None,
 ) -> list[RankingMetrics]:
-    """The ablation table from checkpoints named ``<method>-<bits>.pt`` in ``checkpoint_dir``."""
-    data = load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
+    """The ablation table from the models in ``checkpoint_dir`` (see :func:`model_checkpoint`)."""
+    data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
     log(data.summary())
     models = []
     for nbits in bits:
         for form in forms:
-            model = load_checkpoint(storage.join(checkpoint_dir, checkpoint_name(form, nbits)))
+            model = load_checkpoint(model_checkpoint(checkpoint_dir, form, nbits))
             if model.config.nbits != nbits:
                 raise ValueError(f"{checkpoint_name(form, nbits)} holds a {model.config.nbits}-bit model")
             models.append((form, nbits, model))

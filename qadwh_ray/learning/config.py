@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from qadwh_ray.core.bits import check_nbits
+from qadwh_ray.core.bits import check_code_length
 from qadwh_ray.model.config import BACKBONES, ModelConfig
 
 DATASETS = ("fashion", "fashion-multilabel")
@@ -56,13 +56,14 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    worker_resources: dict | None = None  # extra Ray resources per worker, e.g. {"accelerator": 1} (node types)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        check_nbits(self.nbits)
+        check_code_length(self.nbits)
         if self.triplet_form not in TRIPLET_FORMS:
             raise ValueError(f"unknown triplet_form {self.triplet_form!r}; choose one of {', '.join(TRIPLET_FORMS)}")
         if self.triplets not in ("all", "sample"):
@@ -78,6 +79,14 @@ class TrainConfig:
             raise ValueError(f"train_limit must be None or an integer >= 2, got {self.train_limit!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.worker_resources is not None:
+            if not isinstance(self.worker_resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for k, v in self.worker_resources.items()
+            ):
+                raise ValueError(f"worker_resources must map resource names to positive amounts, got {self.worker_resources!r}")
+            if {"CPU", "GPU"} & set(self.worker_resources):
+                raise ValueError("set CPUs and GPUs with cpus_per_worker and use_gpu, not worker_resources")
         if self.cls_weight < 0 or self.weight_decay < 0:
             raise ValueError("cls_weight and weight_decay must be non-negative")
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qadwh_ray.core.bits import pad_weights
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
-from qadwh_ray.core.metrics import mean_average_precision, precision_at_k, precision_recall_curve, precision_within_radius
+from qadwh_ray.core.metrics import precision_within_radius, ranking_summary
 
 QUERY_CHUNK = 200  # bounds the (queries × database) distance block to ~100 MB
 PR_POINTS = 50
@@ -48,7 +49,9 @@ def distances_for(r: Ranking, rows: slice) -> np.ndarray:
     if r.query_weights is None:
         return hamming_distances(q, r.db_codes).astype(np.float64)
     w = r.query_weights if r.query_weights.ndim == 1 else r.query_weights[rows]
-    return weighted_hamming_distances(q, r.db_codes, np.asarray(w, dtype=np.float64))
+    # codes of a length that is not a whole number of bytes carry zero padding bits: weight 0
+    w = pad_weights(np.asarray(w, dtype=np.float64), q.shape[1])
+    return weighted_hamming_distances(q, r.db_codes, w)
 
 
 def evaluate_ranking(
@@ -59,29 +62,27 @@ def evaluate_ranking(
     pk_points: tuple[int, ...] = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
 ) -> RankingMetrics:
     nq = len(r.query_codes)
-    sums = {"map_all": 0.0, "map_1000": 0.0, "p500": 0.0}
-    pk = np.zeros(len(pk_points))
-    pr_p = pr_r = 0.0
     ks = tuple(k for k in pk_points if k <= len(r.db_codes))
+    sums = {"map_all": 0.0, "map_1000": 0.0}
+    pk = np.zeros(len(ks))
+    pr_p = pr_r = 0.0
     for start in range(0, nq, QUERY_CHUNK):
         rows = slice(start, min(start + QUERY_CHUNK, nq))
-        d = distances_for(r, rows)
-        ql = query_labels[rows]
-        w = d.shape[0]
-        sums["map_all"] += w * mean_average_precision(d, ql, db_labels, db_ids=db_ids)
-        sums["map_1000"] += w * mean_average_precision(d, ql, db_labels, top_k=1000, db_ids=db_ids)
-        curve = np.asarray(precision_at_k(d, ql, db_labels, ks, db_ids=db_ids))
-        pk[: len(ks)] += w * curve
-        sums["p500"] += w * curve[ks.index(500)] if 500 in ks else 0.0
-        pr = precision_recall_curve(d, ql, db_labels, num_points=PR_POINTS, db_ids=db_ids)
-        pr_p, pr_r = pr_p + w * pr.precision, pr_r + w * pr.recall
+        w = rows.stop - rows.start
+        summ = ranking_summary(distances_for(r, rows), query_labels[rows], db_labels, ks, map_top_k=1000,
+                               pr_points=PR_POINTS, db_ids=db_ids)
+        sums["map_all"] += w * summ.map_all
+        sums["map_1000"] += w * summ.map_at_k
+        pk += w * summ.precision_at
+        pr_p, pr_r = pr_p + w * summ.pr.precision, pr_r + w * summ.pr.recall
+    p500 = pk[ks.index(500)] / nq if 500 in ks else 0.0
     p_r2 = precision_within_radius(r.query_codes, r.db_codes, query_labels, db_labels, radius=2)
     return RankingMetrics(
         method=r.method,
         nbits=r.nbits,
         map_all=sums["map_all"] / nq,
         map_at_1000=sums["map_1000"] / nq,
-        precision_at_500=sums["p500"] / nq,
+        precision_at_500=float(p500),
         precision_r2=float(p_r2),
         pk_curve={k: float(v / nq) for k, v in zip(ks, pk)},
         pr_curve={"precision": (pr_p / nq).tolist(), "recall": (pr_r / nq).tolist()},

@@ -83,3 +83,27 @@ def model_from_payload(payload: dict) -> HashingNetwork:
 def load_checkpoint(uri: str) -> HashingNetwork:
     """Rebuild the network from a checkpoint, in eval mode on the CPU."""
     return model_from_payload(load_payload(uri))
+
+
+def newest_checkpoint(uri: str) -> str:
+    """``uri`` itself when it is a checkpoint file or a directory holding
+    ``model.pt``; otherwise the most recently written ``model.pt`` / ``*.pt``
+    below it (e.g. the newest of a Ray Train run's checkpoint directories)."""
+    import pyarrow.fs as pafs
+
+    if storage.exists(uri) and not storage.is_dir(uri):
+        return uri
+    if storage.exists(storage.join(uri, FILENAME)):
+        return storage.join(uri, FILENAME)
+    if not storage.is_dir(uri):
+        raise FileNotFoundError(f"no checkpoint at {uri}")
+    fs, path = storage.filesystem_and_path(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    cands = [
+        i for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".pt") and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/") if p)
+    ]
+    if not cands:
+        raise FileNotFoundError(f"no checkpoint (*.pt) under {uri}")
+    best = max(cands, key=lambda i: (i.mtime.timestamp() if i.mtime else 0.0, i.path))
+    return storage.join(uri, best.path[len(path):].lstrip("/"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from qadwh_ray.core.bits import check_nbits
+from qadwh_ray.core.bits import check_code_length
 
 BACKBONES = ("compact", "resnet18", "resnet50", "vgg19")
 
@@ -24,7 +24,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        check_nbits(self.nbits)
+        check_code_length(self.nbits)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.in_channels not in (1, 3):

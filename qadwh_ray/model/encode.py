@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qadwh_ray.core.bits import pack_bits
+from qadwh_ray.core.bits import code_bytes, pack_bits
 from qadwh_ray.data.transforms import resize, to_float_tensor
 from qadwh_ray.model.network import HashingNetwork
 
@@ -64,7 +64,7 @@ def encode(
         logits.append(out.logits.float().cpu().numpy())
         if with_features:
             feats.append(out.features.float().cpu().numpy())
-    nbytes = model.config.nbits // 8
+    nbytes = code_bytes(model.config.nbits)
     return EncodeResult(
         codes=np.concatenate(codes) if codes else np.zeros((0, nbytes), np.uint8),
         qadwh_weights=np.concatenate(weights) if weights else np.zeros((0, model.config.nbits), np.float32),

@@ -32,6 +32,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default="qadwh", help="Serve application name")
     p.add_argument("--route-prefix", default="/")
+    p.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly", "Disabled"],
+                   help="where Serve runs HTTP proxies (HeadOnly when several nodes share one host)")
     p.add_argument("--no-block", action="store_true", help="deploy and return instead of serving until Ctrl-C")
     p.set_defaults(func=cmd_serve)
     return p
@@ -96,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app_args = serve_args_from_cli(args)
     if not ray.is_initialized():
         ray.init(address=args.address, logging_level="WARNING")
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name=args.name, route_prefix=args.route_prefix)
     prefix = args.route_prefix.rstrip("/")
     print(f"qadwh serve: {args.name} ready at http://{args.host}:{args.port}{prefix}/ (API docs at {prefix}/docs)", flush=True)

@@ -32,7 +32,7 @@ STORAGE_ENV = "QADWH_STORAGE"
 DEFAULT_STORAGE = "~/qadwh_runs"
 
 # Settings a resumed run may change; everything else must match the checkpoint's config.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "num_workers", "use_gpu", "cpus_per_worker")
+RESUMABLE_CHANGES = ("epochs", "max_steps", "num_workers", "use_gpu", "cpus_per_worker", "worker_resources")
 
 
 @dataclass
@@ -103,6 +103,12 @@ def check_cluster(cfg: TrainConfig, resources: dict[str, float]) -> None:
             f"but the Ray cluster has {have:g}; lower num_workers or cpus_per_worker "
             f"(fractional CPUs are fine), or add nodes"
         )
+    for name, amount in (cfg.worker_resources or {}).items():
+        if cfg.num_workers * amount > float(resources.get(name, 0.0)) + 1e-9:
+            raise ValueError(
+                f"num_workers={cfg.num_workers} x {name}={amount:g} needs {cfg.num_workers * amount:g} {name}, "
+                f"but the Ray cluster has {float(resources.get(name, 0.0)):g}"
+            )
     if cfg.use_gpu:
         gpus = float(resources.get("GPU", 0.0))
         if cfg.num_workers > gpus:
@@ -227,7 +233,7 @@ def train_on_ray(
     if len(data.val_images):
         val_ref = ray.put({"val_images": data.val_images, "val_labels": data.val_labels})
     fs, fs_path = _fs_and_path(storage_path)
-    resources = {"CPU": float(cfg.cpus_per_worker)}
+    resources = {"CPU": float(cfg.cpus_per_worker), **{k: float(v) for k, v in (cfg.worker_resources or {}).items()}}
     if cfg.use_gpu:
         resources["GPU"] = 1.0
     trainer = TorchTrainer(

@@ -36,7 +36,7 @@ def test_train_subcommand_parses():
     "argv, message",
     [
         (["--set", "nbitz=16"], "unknown config key 'nbitz'"),
-        (["--set", "nbits=12"], "multiple of 8"),
+        (["--set", "nbits=0"], "between 1 and 4096 bits"),
         (["--config", "{cfg}"], "unknown config keys: learning_rate"),
         (["--set", "num_workers=3", "--set", "classes_per_batch=4"], "split evenly over num_workers=3"),
     ],

@@ -73,3 +73,40 @@ def test_check_codes_rejects():
         check_codes(np.zeros((2, 4), dtype=np.uint8), nbits=48)
     out = check_codes(np.zeros((4, 4), dtype=np.uint8)[:, ::2])
     assert out.flags.c_contiguous
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_codes_of_any_length_pad_with_zero_bits_and_keep_every_distance(nbits, n, seed):
+    """A 12-bit (say) model's codes pad to whole bytes with zero bits; Hamming and
+    weighted Hamming over the padded bytes (padding weights 0) equal the unpadded brute force."""
+    from qadwh_ray.core.bits import code_bytes, pad_weights
+    from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
+
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2, (n, nbits), dtype=np.uint8)
+    codes = pack_bits(bits)
+    assert codes.shape == (n, code_bytes(nbits)) == (n, (nbits + 7) // 8)
+    full = np.unpackbits(codes, axis=1, bitorder="little")
+    assert not full[:, nbits:].any()  # the padding bits are zero
+    np.testing.assert_array_equal(unpack_bits(codes, nbits), bits)
+    w = rng.random((n, nbits))
+    diff = bits[:, None, :] != bits[None, :, :]
+    np.testing.assert_array_equal(hamming_distances(codes, codes), diff.sum(-1))
+    np.testing.assert_allclose(
+        weighted_hamming_distances(codes, codes, pad_weights(w, codes.shape[1])),
+        np.einsum("qk,qnk->qn", w, diff), rtol=1e-12, atol=1e-12,
+    )
+
+
+def test_code_lengths_for_models_and_for_storage():
+    from qadwh_ray.core.bits import check_code_length, pad_weights
+
+    assert check_code_length(12) == 12  # a model may have the paper's 12 bits
+    for bad in (0, -1, 4097):
+        with pytest.raises(ValueError, match="between 1 and 4096 bits"):
+            check_code_length(bad)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        check_nbits(12)  # what is stored and served is whole bytes
+    with pytest.raises(ValueError, match="do not fit"):
+        pad_weights(np.ones(17), 2)

@@ -13,7 +13,7 @@ def test_yaml_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "text,match",
-    [("nbitz: 32\n", "unknown config keys: nbitz"), ("nbits: 12\n", "multiple of 8"),
+    [("nbitz: 32\n", "unknown config keys: nbitz"), ("nbits: 0\n", "between 1 and 4096 bits"),
      ("triplet_form: cosine\n", "unknown triplet_form"), ("- 1\n", "YAML mapping")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):

@@ -57,3 +57,15 @@ def test_versions_verify_publish_gc(tmp_path, capsys):
     # keep=1 keeps the newest (v2) and the current one (v1, rolled back to): nothing to delete
     assert '{"versions": [], "staging": [], "incomplete": []}' in capsys.readouterr().out
     assert main(["index-verify", "--root", root, "--version", "nope"]) == 1
+
+
+def test_a_model_whose_codes_are_not_whole_bytes_is_refused_before_anything_is_written(tmp_path, capsys):
+    from qadwh_ray.model import ModelConfig, build_model, save_checkpoint
+
+    ck = str(tmp_path / "m12.pt")
+    save_checkpoint(ck, build_model(ModelConfig(nbits=12)))  # the paper's 12 bits: trainable, not storable
+    rc = main(["index", "--checkpoint", ck, "--source", "fashion", "--out", str(tmp_path / "idx")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "12-bit codes" in err and "multiple of 8" in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()

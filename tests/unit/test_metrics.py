@@ -244,3 +244,21 @@ def test_large_chunked_run_is_consistent():
     a = mean_average_precision(d, Q, D, top_k=1000)
     b = mean_average_precision(d, Q, D, top_k=1000, chunk=7)
     assert a == b
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.booleans(), st.sampled_from([1, 3, 10, 25]))
+def test_one_sort_summary_equals_the_metrics_one_by_one_and_the_loop(seed, multi, use_ids, map_top_k):
+    from qadwh_ray.core.metrics import ranking_summary
+
+    d, Q, D, ids = _data(seed, multi=multi, float_d=bool(seed % 2))
+    ids = ids if use_ids else None
+    ks = (1, 5, 25)
+    s = ranking_summary(d, Q, D, ks, map_top_k=map_top_k, pr_points=7, db_ids=ids, chunk=2)
+    assert s.map_all == pytest.approx(_ref_map(d, Q, D, None, ids), abs=1e-12)
+    assert s.map_at_k == pytest.approx(_ref_map(d, Q, D, map_top_k, ids), abs=1e-12)
+    np.testing.assert_allclose(s.precision_at, precision_at_k(d, Q, D, ks, db_ids=ids), atol=1e-12)
+    pr = precision_recall_curve(d, Q, D, num_points=7, db_ids=ids)
+    np.testing.assert_allclose(s.pr.precision, pr.precision, atol=1e-12)
+    np.testing.assert_allclose(s.pr.recall, pr.recall, atol=1e-12)
+    np.testing.assert_array_equal(s.pr.cutoff, pr.cutoff)
