@@ -60,6 +60,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"qadwh train: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a failed run (ray.train.TrainingFailedError and friends)
+        import traceback
+
+        traceback.print_exc()  # an unexpected failure: the operator needs the whole story in the job logs
         print(f"qadwh train: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(info.summary())

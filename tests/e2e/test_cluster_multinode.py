@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +46,14 @@ def _ray_start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     )
 
 
+def _temp_dir(node: str, made: list[str]) -> str:
+    # One per node: nodes sharing a host would otherwise share a session directory, and one
+    # node's runtime-env agent re-extracting the job's working_dir pulls it from under the other.
+    # Short paths: Ray's Unix socket paths must stay under ~100 characters.
+    made.append(tempfile.mkdtemp(prefix=f"qadwh-{node}-", dir="/tmp"))
+    return made[-1]
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -58,8 +69,8 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _alive_nodes(dash: str) -> list[dict]:
-    r = requests.get(f"{dash}/api/v0/nodes", params={"limit": 100}, timeout=10)
+def _alive_nodes(dash: str, headers: dict) -> list[dict]:
+    r = requests.get(f"{dash}/api/v0/nodes", params={"limit": 100}, headers=headers, timeout=10)
     r.raise_for_status()
     nodes = r.json()["data"]["result"]["result"]
     return [n for n in nodes if n.get("state") == "ALIVE"]
@@ -72,20 +83,25 @@ def cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("multinode")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # Ray's token authentication on, as docs/operations.md asks of real clusters: the nodes and
+    # the job drivers get the token from the environment, the test's HTTP clients send it.
+    token = secrets.token_hex(32)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    headers = {"Authorization": f"Bearer {token}"}
     gcs, dash_port = free_port(), free_port()
-    procs = []
+    procs, temp_dirs = [], []
     try:
         procs.append(_ray_start([
             "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash_port}", f"--dashboard-agent-listen-port={free_port()}",
-            "--object-store-memory=300000000", "--disable-usage-stats",
+            "--object-store-memory=300000000", "--disable-usage-stats", f"--temp-dir={_temp_dir('head', temp_dirs)}",
         ], d / "head.log", env))
         dash = f"http://127.0.0.1:{dash_port}"
         deadline = time.monotonic() + 180
         client = None
         while time.monotonic() < deadline:
             try:
-                client = JobSubmissionClient(dash)
+                client = JobSubmissionClient(dash, headers=headers)
                 client.list_jobs()
                 break
             except Exception:  # noqa: BLE001 — not up yet
@@ -95,15 +111,18 @@ def cluster(tmp_path_factory):
         procs.append(_ray_start([
             f"--address=127.0.0.1:{gcs}", "--num-cpus=6", '--resources={"accelerator": 2}',
             f"--dashboard-agent-listen-port={free_port()}", "--object-store-memory=600000000", "--disable-usage-stats",
+            f"--temp-dir={_temp_dir('worker', temp_dirs)}",
         ], d / "worker.log", env))
-        while time.monotonic() < deadline and len(_alive_nodes(dash)) < 2:
+        while time.monotonic() < deadline and len(_alive_nodes(dash, headers)) < 2:
             time.sleep(2)
-        nodes = _alive_nodes(dash)
+        nodes = _alive_nodes(dash, headers)
         assert len(nodes) == 2, (d / "worker.log").read_text()[-3000:]
         yield {"client": client, "dash": dash, "dir": d, "env": env}
     finally:
         for p in reversed(procs):
             _stop(p)
+        for t in temp_dirs:
+            shutil.rmtree(t, ignore_errors=True)
 
 
 def _submit(cluster, entrypoint: list[str], timeout_s: float = 600) -> tuple[str, str]:
@@ -166,7 +185,10 @@ def test_jobs_train_index_evaluate_serve_and_nightly_swap(cluster):
         "--set poll_interval_s=0.5",
     ])
     assert status == "SUCCEEDED", logs[-4000:]
-    before = _search(base, 7)
+    from qadwh_ray.index.reader import IndexReader
+
+    item = int(IndexReader(str(index)).read_shard(0).ids[0])
+    before = _search(base, item)
     assert before["version"] == v1 and len(before["ids"]) == 5
 
     # nightly: retrain, re-index, verify, publish, and the service swaps
@@ -180,7 +202,7 @@ def test_jobs_train_index_evaluate_serve_and_nightly_swap(cluster):
     v2 = store.current_version()
     assert v2 != v1 and f"now answers from version {v2}" in logs
     assert "manifest:" in logs
-    after = _search(base, 7)
+    after = _search(base, item)
     assert after["version"] == v2
     cluster["published"] = sorted(store.list_versions())
     cluster["index"] = index

@@ -63,7 +63,8 @@ def test_cronjob_submits_the_nightly_reindex():
     cron = kinds["CronJob"]["spec"]
     assert cron["concurrencyPolicy"] == "Forbid" and len(cron["schedule"].split()) == 5
     job = yaml.safe_load(kinds["ConfigMap"]["data"]["rayjob.yaml"])
-    assert "--reindex" in job["spec"]["entrypoint"]
+    entry = job["spec"]["entrypoint"]
+    assert entry.startswith("python jobs/nightly.py") and "--service-url" in entry and "--checkpoint" in entry
     assert any(r["resources"] == ["rayjobs"] and "create" in r["verbs"] for r in kinds["Role"]["rules"])
 
 
