@@ -61,10 +61,11 @@ def _init_ray(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, logging_level="WARNING")
     else:
-        # A local cluster. More logical CPUs than cores so that the Train
-        # worker, the Data actors and the Serve replicas (fractional CPUs) never
-        # wait on each other (DESIGN.md §8).
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
+        # A fresh local cluster ("local": never a leftover `ray start` found on
+        # this machine). More logical CPUs than cores so that the Train worker,
+        # the Data actors and the Serve replicas (fractional CPUs) never wait
+        # on each other (DESIGN.md §8).
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
 
 
 def train_stage(opts: MainJobOptions, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
@@ -111,18 +112,19 @@ def sample_queries(client, images: np.ndarray, labels: np.ndarray, class_names: 
         want = set(np.flatnonzero(lab).tolist())
         png = png_bytes(img)
         row = {"true": sorted(want)}
+        answers = {}
         for mode in ("qadwh", "dwh", "hamming"):
             t0 = time.perf_counter()
-            r = client.search(image_png=png, k=k, mode=mode)
+            r = answers[mode] = client.search(image_png=png, k=k, mode=mode)
             ms = (time.perf_counter() - t0) * 1e3
             hits = [bool(want & set(res.get("labels") or [])) for res in r["results"]]
             row[mode] = {"ids": r["ids"], "precision": float(np.mean(hits)) if hits else 0.0, "ms": ms, "version": r["version"]}
-        top = [(res.get("label_names") or ["?"])[0] for res in r["results"][:5]]  # hamming's, for the eye
+        top = [(res.get("label_names") or ["?"])[0] for res in answers["qadwh"]["results"][:5]]
         names = ", ".join(class_names[c] for c in row["true"])
         log(
             f"   query image of a {names}: precision@{k} qadwh {row['qadwh']['precision']:.2f} / dwh "
             f"{row['dwh']['precision']:.2f} / hamming {row['hamming']['precision']:.2f}; "
-            f"{row['qadwh']['ms']:.0f} ms; hamming top-5 labels: {', '.join(top)}"
+            f"{row['qadwh']['ms']:.0f} ms; QaDWH top-5: {', '.join(top)}"
         )
         out.append(row)
     return out
