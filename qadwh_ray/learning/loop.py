@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qadwh_ray.core.bits import pad_weights
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
 from qadwh_ray.core.metrics import mean_average_precision
 from qadwh_ray.learning.config import TrainConfig
@@ -71,7 +72,9 @@ def validation_map(
     q = encode(net, query_images)
     d = encode(net, db_images)
     if weighted:
-        dist = weighted_hamming_distances(q.codes, d.codes, q.qadwh_weights.astype(np.float64))
+        # a code length that is not whole bytes (12 bits) pads with zero bits: weight 0
+        w = pad_weights(q.qadwh_weights.astype(np.float64), q.codes.shape[1])
+        dist = weighted_hamming_distances(q.codes, d.codes, w)
     else:
         dist = hamming_distances(q.codes, d.codes)
     return float(mean_average_precision(dist, query_labels, db_labels))

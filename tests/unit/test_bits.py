@@ -93,10 +93,9 @@ def test_codes_of_any_length_pad_with_zero_bits_and_keep_every_distance(nbits, n
     w = rng.random((n, nbits))
     diff = bits[:, None, :] != bits[None, :, :]
     np.testing.assert_array_equal(hamming_distances(codes, codes), diff.sum(-1))
-    np.testing.assert_allclose(
-        weighted_hamming_distances(codes, codes, pad_weights(w, codes.shape[1])),
-        np.einsum("qk,qnk->qn", w, diff), rtol=1e-12, atol=1e-12,
-    )
+    ref = np.einsum("qk,qnk->qn", w, diff)
+    np.testing.assert_allclose(weighted_hamming_distances(codes, codes, pad_weights(w, codes.shape[1])), ref,
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_code_lengths_for_models_and_for_storage():

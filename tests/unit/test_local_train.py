@@ -89,3 +89,13 @@ def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, 
     assert [r.method for r in rows][-1] == "QaDWH"
     with pytest.raises(FileNotFoundError, match="ninh-8.pt"):
         evaluate_checkpoints(str(tmp_path), [8], ["plain"], cfg, log=lambda *_: None)
+
+
+def test_a_12_bit_model_trains_and_validates(tmp_path):
+    """The paper's 12 bits: training (with weighted validation MAP) and evaluation run end to end."""
+    from qadwh_ray.learning.config import TrainConfig
+    from qadwh_ray.learning.local import train_local
+
+    cfg = TrainConfig(nbits=12, max_steps=2, epochs=1, train_limit=400, val_fraction=0.1)
+    result = train_local(cfg, checkpoint_uri=str(tmp_path / "m.pt"), progress=False, log=lambda *_: None)
+    assert result.steps == 2 and result.history and 0.0 <= result.history[-1]["val_map"] <= 1.0
