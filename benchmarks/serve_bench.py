@@ -3,9 +3,13 @@
 What is compared (both on 127.0.0.1, both answering ``POST /v1/search`` with
 the same JSON, the same exact search over the same index version):
 
-* **serve** — ``qadwh_ray.serving.build_app``: HTTP proxy → router (FastAPI
+* **serve** — ``qadwh_ray.serving.build_app``: HTTP ingress → router (FastAPI
   ingress) → query encoder (``@serve.batch``) → 2 shard deployments searched
-  concurrently → exact merge;
+  concurrently → exact merge. Measured once per ``--ingress`` mode, each on a
+  fresh local cluster (the mode is cluster-wide): ``haproxy`` — Serve's
+  throughput-optimised path (HAProxy → the router's own HTTP server, gRPC
+  between deployments), what ``qadwh serve`` deploys; ``proxy`` — Serve's
+  classic HTTP proxy actor;
 * **fastapi** — what a user would otherwise deploy: one uvicorn process, one
   FastAPI app holding the whole index in one ``HashIndex`` and the model, a
   plain ``def`` endpoint (FastAPI runs it in its thread pool; the search
@@ -315,6 +319,8 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
+    ap.add_argument("--ingress", default="haproxy,proxy",
+                    help="Serve ingress modes to measure, comma-separated (serving/ingress.py); the first gives the headline keys")
     ap.add_argument("--no-noop-probe", dest="noop_probe", action="store_false", help="skip measuring a no-op Serve app of the same topology")
     ap.add_argument("--workdir", help="keep the index here and reuse it on the next run with the same sizes (default: a temporary directory, deleted)")
     ap.add_argument("--baseline-server", nargs=3, metavar=("ROOT", "VERSION", "PORT"), help=argparse.SUPPRESS)
@@ -326,9 +332,13 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[serve_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    from qadwh_ray.serving.ingress import check_ingress
+
+    modes = [check_ingress(m.strip()) for m in a.ingress.split(",")]
     work = a.workdir or tempfile.mkdtemp(prefix="qadwh-serve-bench-")
     os.makedirs(work, exist_ok=True)
     baseline = None
+    phases: dict = {}
     try:
         root, version, ck = build_bench_index(work, a.items, a.shards, a.bits, a.bases, log)
         code_q, img_q = make_queries(ck, a.queries, a.bases)
@@ -338,77 +348,9 @@ def main(argv=None) -> int:
             [sys.executable, os.path.abspath(__file__), "--baseline-server", root, version, str(fport)],
             env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"},
         )
-        import ray
-        from ray import serve
-
-        from qadwh_ray.serving.app import build_app
-
-        ray.init(num_cpus=a.ray_cpus, include_dashboard=False, logging_level="WARNING")
-        sport = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": sport})
-        args = {
-            "index": root,
-            "poll_interval_s": 30.0,
-            "max_k": 100,
-            "router": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1},
-            "encoder": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1, "max_batch_size": 8, "batch_wait_timeout_s": 0.002},
-            "shard": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1, "search_threads": 1},
-        }
-        t = time.perf_counter()
-        serve.run(build_app(args), name="bench", route_prefix="/", logging_config={"enable_access_log": False, "log_level": "WARNING"})
-        wait_http(f"http://127.0.0.1:{sport}/readyz")
         wait_http(f"http://127.0.0.1:{fport}/healthz")
-        log(f"both servers up ({time.perf_counter() - t:.0f} s); load: {a.concurrency} concurrent clients")
-        urls = {"serve": f"http://127.0.0.1:{sport}/v1/search", "fastapi": f"http://127.0.0.1:{fport}/v1/search"}
-
-        for name, url in urls.items():  # warm-up (kernels, first batches)
-            asyncio.run(run_load(url, code_q, 40, a.concurrency))
-            asyncio.run(run_load(url, img_q, 40, a.concurrency))
-
-        import requests
-
-        for body in (code_q[0], img_q[0]):  # where the time goes, one request at a time
-            t0 = time.perf_counter()
-            dbg = requests.post(urls["serve"], json={**body, "debug": True}, timeout=60).json().get("debug", {})
-            dbg.pop("weights", None)
-            log(f"serve breakdown ({(time.perf_counter() - t0) * 1e3:.1f} ms at the client): {json.dumps(dbg)}")
-
-        results: dict = {}
-        mismatches = 0
-        image_diffs = 0
-        for kind, bodies, n in (("code", code_q, a.code_requests), ("image", img_q, a.image_requests)):
-            per = {"serve": [], "fastapi": []}
-            for r in range(a.rounds):
-                order = ["serve", "fastapi"] if r % 2 == 0 else ["fastapi", "serve"]
-                for name in order:
-                    res = asyncio.run(run_load(urls[name], bodies, n, a.concurrency))
-                    per[name].append(res)
-                    log(f"{kind} round {r + 1} {name:7s}: {res['qps']:7.1f} q/s  p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  errors {res['errors']}")
-            s_ans, f_ans = per["serve"][-1]["answers"], per["fastapi"][-1]["answers"]
-            diff = sum(1 for i in s_ans.keys() & f_ans.keys() if s_ans[i] != f_ans[i])
-            if kind == "code":
-                mismatches += diff  # exact inputs: answers must be identical
-            else:
-                image_diffs = diff  # batched vs single-image float32 encoding may move weights in the last bits
-            results[kind] = {
-                name: {
-                    "qps": statistics.median(x["qps"] for x in per[name]),
-                    "p50_ms": statistics.median(x["p50_ms"] for x in per[name]),
-                    "p99_ms": statistics.median(x["p99_ms"] for x in per[name]),
-                    "errors": sum(x["errors"] for x in per[name]),
-                    "error_examples": [e for x in per[name] for e in x["error_examples"]][:3],
-                }
-                for name in per
-            }
-        noop = None
-        if a.noop_probe:
-            serve.run(noop_probe_app(), name="noop", route_prefix="/noop", logging_config={"enable_access_log": False, "log_level": "WARNING"})
-            nurl = f"http://127.0.0.1:{sport}/noop/v1/search"
-            asyncio.run(run_load(nurl, [{}], 40, a.concurrency))
-            noop = statistics.median(asyncio.run(run_load(nurl, code_q, a.code_requests, a.concurrency))["qps"] for _ in range(a.rounds))
-            log(f"no-op Serve app, same topology and load: {noop:.1f} q/s")
-        serve.shutdown()
-        ray.shutdown()
+        for mode in modes:  # the ingress is a cluster-wide setting: one fresh local cluster per mode
+            phases[mode] = measure_mode(a, mode, root, code_q, img_q, f"http://127.0.0.1:{fport}/v1/search", log)
     finally:
         if baseline is not None:
             baseline.terminate()
@@ -428,35 +370,168 @@ def main(argv=None) -> int:
         "concurrency": a.concurrency,
         "rounds": a.rounds,
         "requests_per_round": {"code": a.code_requests, "image": a.image_requests},
+        "ingress_modes": modes,
+        "headline_ingress": modes[0],
+        "load_avg_end": round(os.getloadavg()[0], 2),
     }
-    ratios_qps, ratios_p99 = [], []
-    for kind, r in results.items():
-        s, f = r["serve"], r["fastapi"]
-        q = s["qps"] / f["qps"] if f["qps"] else None
-        p = s["p99_ms"] / f["p99_ms"] if f["p99_ms"] else None
-        ratios_qps.append(q)
-        ratios_p99.append(p)
-        print(
-            f"{kind:5s} queries  serve {s['qps']:7.1f} q/s p50 {s['p50_ms']:6.1f} ms p99 {s['p99_ms']:6.1f} ms | "
-            f"fastapi {f['qps']:7.1f} q/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms | qps x{q:.2f} p99 x{p:.2f}"
-        )
-        for name in ("serve", "fastapi"):
-            for key in ("qps", "p50_ms", "p99_ms", "errors"):
-                v = r[name][key]
-                out[f"{kind}_{name}_{key}"] = round(v, 2) if isinstance(v, float) else v
-        out[f"{kind}_serve_vs_fastapi_qps"] = round(q, 3)
-        out[f"{kind}_serve_vs_fastapi_p99"] = round(p, 3)
-    out["serve_vs_fastapi_qps"] = round(min(ratios_qps), 3)
-    out["serve_vs_fastapi_p99"] = round(max(ratios_p99), 3)
-    if noop is not None:
-        out["serve_noop_qps"] = round(noop, 1)  # Serve's floor here: proxy + ingress + 2 leaf calls doing nothing
-        out["code_serve_vs_noop_qps"] = round(results["code"]["serve"]["qps"] / noop, 3)
-    out["errors"] = sum(results[k][n]["errors"] for k in results for n in ("serve", "fastapi"))
-    out["answer_mismatches"] = mismatches
-    out["image_answer_differences"] = image_diffs
-    out["targets_met"] = bool(out["serve_vs_fastapi_qps"] >= 0.5 and out["serve_vs_fastapi_p99"] <= 2.0 and out["errors"] == 0 and mismatches == 0)
+    for n, mode in enumerate(modes):
+        ph = phases[mode]
+        prefix = "" if n == 0 else f"{mode}_"  # the first mode (the default deployment) has the plain key names
+        ratios_qps, ratios_p99 = [], []
+        for kind, r in ph["results"].items():
+            s, f = r["serve"], r["fastapi"]
+            q = s["qps"] / f["qps"] if f["qps"] else None
+            p = s["p99_ms"] / f["p99_ms"] if f["p99_ms"] else None
+            ratios_qps.append(q)
+            ratios_p99.append(p)
+            print(
+                f"[{mode:7s}] {kind:5s} queries  serve {s['qps']:7.1f} q/s p50 {s['p50_ms']:6.1f} ms p99 {s['p99_ms']:6.1f} ms | "
+                f"fastapi {f['qps']:7.1f} q/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms | qps x{q:.2f} p99 x{p:.2f}"
+            )
+            for name in ("serve", "fastapi"):
+                for key in ("qps", "p50_ms", "p99_ms", "errors"):
+                    v = r[name][key]
+                    out[f"{prefix}{kind}_{name}_{key}"] = round(v, 2) if isinstance(v, float) else v
+            out[f"{prefix}{kind}_serve_vs_fastapi_qps"] = round(q, 3)
+            out[f"{prefix}{kind}_serve_vs_fastapi_p99"] = round(p, 3)
+        out[f"{prefix}serve_vs_fastapi_qps"] = round(min(ratios_qps), 3)
+        out[f"{prefix}serve_vs_fastapi_p99"] = round(max(ratios_p99), 3)
+        if ph["noop"] is not None:
+            out[f"{prefix}serve_noop_qps"] = round(ph["noop"], 1)  # Serve's floor: ingress + 2 leaf calls doing nothing
+            out[f"{prefix}code_serve_vs_noop_qps"] = round(ph["results"]["code"]["serve"]["qps"] / ph["noop"], 3)
+        if ph.get("cpu_ms_per_code_query"):
+            out[f"{prefix}cpu_ms_per_code_query"] = ph["cpu_ms_per_code_query"]
+        out[f"{prefix}errors"] = sum(r[nm]["errors"] for r in ph["results"].values() for nm in ("serve", "fastapi"))
+        out[f"{prefix}answer_mismatches"] = ph["mismatches"]
+        out[f"{prefix}image_answer_differences"] = ph["image_diffs"]
+    if len(modes) > 1:  # the fast ingress against the classic proxy, each against the same baseline server
+        for kind in ("code", "image"):
+            a_, b_ = phases[modes[0]]["results"][kind]["serve"], phases[modes[1]]["results"][kind]["serve"]
+            out[f"{kind}_{modes[0]}_vs_{modes[1]}_qps"] = round(a_["qps"] / b_["qps"], 3)
+    out["targets_met"] = bool(
+        out["serve_vs_fastapi_qps"] >= 0.5 and out["serve_vs_fastapi_p99"] <= 2.0 and out["errors"] == 0 and out["answer_mismatches"] == 0
+    )
     print(json.dumps(out))
     return 0
+
+
+def cpu_by_process() -> dict:
+    """CPU seconds so far of every process on the machine, by command line (for where-the-time-goes figures)."""
+    import psutil
+
+    got = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            t = p.cpu_times()
+            got[p.info["pid"]] = (t.user + t.system, " ".join(p.info["cmdline"] or [])[:60])
+        except (psutil.Error, OSError):
+            pass
+    return got
+
+
+def measure_mode(a, mode: str, root: str, code_q: list, img_q: list, fastapi_url: str, log) -> dict:
+    """Start a local cluster with ``mode``'s ingress, deploy the service, run the alternating rounds."""
+    import ray
+    from ray import serve
+
+    from qadwh_ray.serving.app import build_app
+    from qadwh_ray.serving.ingress import HAPROXY_ENV, prepare_local_cluster_env
+
+    for key in HAPROXY_ENV:  # each phase gets exactly its mode, whatever the previous one set
+        os.environ.pop(key, None)
+    prepare_local_cluster_env(mode)
+    ray.init(address="local", num_cpus=a.ray_cpus, include_dashboard=False, logging_level="WARNING")
+    try:
+        sport = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": sport})
+        args = {
+            "index": root,
+            "poll_interval_s": 30.0,
+            "max_k": 100,
+            "router": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1},
+            "encoder": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1, "max_batch_size": 8, "batch_wait_timeout_s": 0.002},
+            "shard": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1, "search_threads": 1},
+        }
+        t = time.perf_counter()
+        serve.run(build_app(args), name="bench", route_prefix="/", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        wait_http(f"http://127.0.0.1:{sport}/readyz")
+        log(f"[{mode}] service up ({time.perf_counter() - t:.0f} s); load: {a.concurrency} concurrent clients")
+        urls = {"serve": f"http://127.0.0.1:{sport}/v1/search", "fastapi": fastapi_url}
+
+        for url in urls.values():  # warm-up (kernels, first batches)
+            asyncio.run(run_load(url, code_q, 40, a.concurrency))
+            asyncio.run(run_load(url, img_q, 40, a.concurrency))
+
+        import requests
+
+        for body in (code_q[0], img_q[0]):  # where the time goes, one request at a time
+            t0 = time.perf_counter()
+            dbg = requests.post(urls["serve"], json={**body, "debug": True}, timeout=60).json().get("debug", {})
+            dbg.pop("weights", None)
+            log(f"[{mode}] serve breakdown ({(time.perf_counter() - t0) * 1e3:.1f} ms at the client): {json.dumps(dbg)}")
+
+        # CPU per code query, by process (which hop costs what), outside the timed rounds.
+        before = cpu_by_process()
+        asyncio.run(run_load(urls["serve"], code_q, a.code_requests, a.concurrency))
+        after = cpu_by_process()
+        per = sorted(((after[p][0] - before[p][0], after[p][1]) for p in after if p in before), reverse=True)[:6]
+        cpu_ms = {name.split()[0] if not name.startswith("ray::") else name.strip(): round(c / a.code_requests * 1e3, 2) for c, name in per}
+        log(f"[{mode}] CPU ms per code query by process: {json.dumps(cpu_ms)}")
+
+        results: dict = {}
+        mismatches = 0
+        image_diffs = 0
+        for kind, bodies, n in (("code", code_q, a.code_requests), ("image", img_q, a.image_requests)):
+            per_server = {"serve": [], "fastapi": []}
+            for r in range(a.rounds):
+                order = ["serve", "fastapi"] if r % 2 == 0 else ["fastapi", "serve"]
+                for name in order:
+                    res = asyncio.run(run_load(urls[name], bodies, n, a.concurrency))
+                    per_server[name].append(res)
+                    log(f"[{mode}] {kind} round {r + 1} {name:7s}: {res['qps']:7.1f} q/s  p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  errors {res['errors']}")
+            s_ans, f_ans = per_server["serve"][-1]["answers"], per_server["fastapi"][-1]["answers"]
+            diff = sum(1 for i in s_ans.keys() & f_ans.keys() if s_ans[i] != f_ans[i])
+            if kind == "code":
+                mismatches += diff  # exact inputs: answers must be identical
+            else:
+                image_diffs = diff  # batched vs single-image float32 encoding may move weights in the last bits
+            results[kind] = {
+                name: {
+                    "qps": statistics.median(x["qps"] for x in per_server[name]),
+                    "p50_ms": statistics.median(x["p50_ms"] for x in per_server[name]),
+                    "p99_ms": statistics.median(x["p99_ms"] for x in per_server[name]),
+                    "errors": sum(x["errors"] for x in per_server[name]),
+                    "error_examples": [e for x in per_server[name] for e in x["error_examples"]][:3],
+                }
+                for name in per_server
+            }
+        noop = None
+        if a.noop_probe:
+            serve.run(noop_probe_app(), name="noop", route_prefix="/noop", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+            nurl = f"http://127.0.0.1:{sport}/noop/v1/search"
+            wait_http_post(nurl)
+            asyncio.run(run_load(nurl, [{}], 40, a.concurrency))
+            noop = statistics.median(asyncio.run(run_load(nurl, code_q, a.code_requests, a.concurrency))["qps"] for _ in range(a.rounds))
+            log(f"[{mode}] no-op Serve app, same topology and load: {noop:.1f} q/s")
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    return {"results": results, "noop": noop, "mismatches": mismatches, "image_diffs": image_diffs, "cpu_ms_per_code_query": cpu_ms}
+
+
+def wait_http_post(url: str, timeout: float = 120.0) -> None:
+    """Wait until a freshly added route answers (the fast ingress learns new routes asynchronously)."""
+    import requests
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if requests.post(url, json={}, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
 
 
 if __name__ == "__main__":

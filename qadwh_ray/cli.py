@@ -11,6 +11,7 @@ import sys
 import time
 
 from qadwh_ray import storage
+from qadwh_ray.serving.ingress import add_ingress_argument
 
 
 def _bits(text: str) -> list[int]:
@@ -97,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     forms = args.forms.split(",") if args.forms else (["plain", "paper", "reference"] if args.full else ["plain", "paper"])
     opts = MainJobOptions(
         base=load_config(args.config, overrides), bits=args.bits, forms=forms, out=args.out, shards=args.shards,
-        ray_address=args.address, host=args.host, port=args.port,
+        ray_address=args.address, host=args.host, port=args.port, ingress=args.ingress,
         progress=not args.quiet, export_dir=args.export,
     )
 
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host of the service (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the service")
+    add_ingress_argument(p)
     p.add_argument("--exit-after-queries", action="store_true",
                    help="shut the service down after the sample queries instead of serving until Ctrl-C")
     p.add_argument("--export", help="also write what was ranked as Parquet here")

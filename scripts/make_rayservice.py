@@ -5,9 +5,14 @@
 
 from pathlib import Path
 
+import sys
+
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qadwh_ray.serving.ingress import HAPROXY_ENV  # noqa: E402 — every Serve process needs the fast ingress
 
 
 def rayservice(serve_config_text: str) -> dict:
@@ -19,6 +24,7 @@ def rayservice(serve_config_text: str) -> dict:
             "env": [
                 {"name": "RAY_AUTH_MODE", "value": "token"},
                 {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "qadwh-ray-auth", "key": "token"}}},
+                *({"name": k, "value": v} for k, v in HAPROXY_ENV.items()),
             ],
             "resources": {"requests": req, "limits": req},
             "volumeMounts": [{"name": "serve-token", "mountPath": "/var/run/secrets/qadwh", "readOnly": True}],

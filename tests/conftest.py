@@ -18,6 +18,10 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        from qadwh_ray.serving.ingress import DEFAULT_INGRESS, prepare_local_cluster_env
+
+        # Serve tests run against the ingress our commands deploy by default.
+        prepare_local_cluster_env(os.environ.get("QADWH_TEST_INGRESS", DEFAULT_INGRESS))
         ray.init(
             num_cpus=RAY_TEST_CPUS,
             include_dashboard=False,

@@ -42,6 +42,7 @@ class MainJobOptions:
     ray_address: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    ingress: str = "haproxy"  # serving/ingress.py: HAProxy fast path or Serve's classic proxy (local clusters)
     num_sample_queries: int = 4
     app_name: str = "qadwh"
     progress: bool = True
@@ -53,8 +54,10 @@ def _stage(log, n: int, title: str) -> float:
     return time.perf_counter()
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, ingress: str = "haproxy") -> None:
     import ray
+
+    from qadwh_ray.serving.ingress import prepare_local_cluster_env
 
     if ray.is_initialized():
         return
@@ -65,6 +68,7 @@ def _init_ray(address: str | None) -> None:
         # this machine). More logical CPUs than cores so that the Train worker,
         # the Data actors and the Serve replicas (fractional CPUs) never wait
         # on each other (DESIGN.md §8).
+        prepare_local_cluster_env(ingress)
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
 
 
@@ -167,7 +171,7 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
     if "paper" not in opts.forms:
         raise ValueError("the main job indexes and serves the QaDWH (paper form) model: keep 'paper' in the forms")
     t_start = time.perf_counter()
-    _init_ray(opts.ray_address)
+    _init_ray(opts.ray_address, opts.ingress)
     data = load_retrieval_data(opts.base.dataset, opts.base.split_seed, opts.base.val_fraction)
     log(data.summary())
     summary: dict = {"out": opts.out}

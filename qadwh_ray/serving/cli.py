@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qadwh_ray.serving.ingress import add_ingress_argument
+
 __all__ = ["add_serve_parser", "cmd_serve", "serve_args_from_cli"]
 
 
@@ -34,6 +36,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--route-prefix", default="/")
     p.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly", "Disabled"],
                    help="where Serve runs HTTP proxies (HeadOnly when several nodes share one host)")
+    add_ingress_argument(p)
     p.add_argument("--no-block", action="store_true", help="deploy and return instead of serving until Ctrl-C")
     p.set_defaults(func=cmd_serve)
     return p
@@ -94,9 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from qadwh_ray.serving.app import build_app
+    from qadwh_ray.serving.ingress import prepare_local_cluster_env
 
     app_args = serve_args_from_cli(args)
     if not ray.is_initialized():
+        prepare_local_cluster_env(args.ingress)  # only a cluster this call starts takes it
         ray.init(address=args.address, logging_level="WARNING")
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name=args.name, route_prefix=args.route_prefix)

