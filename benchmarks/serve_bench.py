@@ -435,12 +435,10 @@ def measure_mode(a, mode: str, root: str, code_q: list, img_q: list, fastapi_url
     from ray import serve
 
     from qadwh_ray.serving.app import build_app
-    from qadwh_ray.serving.ingress import HAPROXY_ENV, prepare_local_cluster_env
+    from qadwh_ray.serving.ingress import local_cluster_env
 
-    for key in HAPROXY_ENV:  # each phase gets exactly its mode, whatever the previous one set
-        os.environ.pop(key, None)
-    prepare_local_cluster_env(mode)
-    ray.init(address="local", num_cpus=a.ray_cpus, include_dashboard=False, logging_level="WARNING")
+    with local_cluster_env(mode):  # set for this cluster's start only: the next phase starts clean
+        ray.init(address="local", num_cpus=a.ray_cpus, include_dashboard=False, logging_level="WARNING")
     try:
         sport = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": sport})

@@ -18,15 +18,15 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        from qadwh_ray.serving.ingress import DEFAULT_INGRESS, prepare_local_cluster_env
+        from qadwh_ray.serving.ingress import DEFAULT_INGRESS, local_cluster_env
 
         # Serve tests run against the ingress our commands deploy by default.
-        prepare_local_cluster_env(os.environ.get("QADWH_TEST_INGRESS", DEFAULT_INGRESS))
-        ray.init(
-            num_cpus=RAY_TEST_CPUS,
-            include_dashboard=False,
-            object_store_memory=1_500_000_000,
-            logging_level="WARNING",
-        )
+        with local_cluster_env(os.environ.get("QADWH_TEST_INGRESS", DEFAULT_INGRESS)):
+            ray.init(
+                num_cpus=RAY_TEST_CPUS,
+                include_dashboard=False,
+                object_store_memory=1_500_000_000,
+                logging_level="WARNING",
+            )
     yield ray
     ray.shutdown()

@@ -57,7 +57,7 @@ def _stage(log, n: int, title: str) -> float:
 def _init_ray(address: str | None, ingress: str = "haproxy") -> None:
     import ray
 
-    from qadwh_ray.serving.ingress import prepare_local_cluster_env
+    from qadwh_ray.serving.ingress import local_cluster_env
 
     if ray.is_initialized():
         return
@@ -68,8 +68,8 @@ def _init_ray(address: str | None, ingress: str = "haproxy") -> None:
         # this machine). More logical CPUs than cores so that the Train worker,
         # the Data actors and the Serve replicas (fractional CPUs) never wait
         # on each other (DESIGN.md §8).
-        prepare_local_cluster_env(ingress)
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
+        with local_cluster_env(ingress):
+            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
 
 
 def train_stage(opts: MainJobOptions, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:

@@ -97,12 +97,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from qadwh_ray.serving.app import build_app
-    from qadwh_ray.serving.ingress import prepare_local_cluster_env
+    from qadwh_ray.serving.ingress import local_cluster_env
 
     app_args = serve_args_from_cli(args)
     if not ray.is_initialized():
-        prepare_local_cluster_env(args.ingress)  # only a cluster this call starts takes it
-        ray.init(address=args.address, logging_level="WARNING")
+        with local_cluster_env(args.ingress):  # only a cluster this call starts takes it
+            ray.init(address=args.address, logging_level="WARNING")
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name=args.name, route_prefix=args.route_prefix)
     prefix = args.route_prefix.rstrip("/")

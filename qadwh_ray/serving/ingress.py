@@ -14,7 +14,9 @@ environment (ray-cluster.yaml, cluster/*.yaml).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 INGRESS_MODES = ("haproxy", "proxy")
 DEFAULT_INGRESS = "haproxy"
@@ -37,17 +39,38 @@ def ingress_env(mode: str) -> dict[str, str]:
     return dict(HAPROXY_ENV) if check_ingress(mode) == "haproxy" else {}
 
 
-def prepare_local_cluster_env(mode: str) -> dict[str, str]:
-    """Put ``mode``'s variables into this process's environment before ``ray.init``
-    starts a local cluster (its processes inherit them). Variables the user set
-    already win. ``ray.serve`` is imported first so that this driver keeps the
-    classic settings: its own handles stay usable from synchronous code."""
+# HAProxy's stats and metrics listeners default to fixed ports (8404, 9101): two
+# clusters on one host (a test session and a job it starts) would collide.
+HAPROXY_PORT_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_cluster_env(mode: str):
+    """Hold ``mode``'s variables in this process's environment while ``ray.init``
+    starts a local cluster inside the block (its processes inherit them); they are
+    removed afterwards, so later child processes (jobs, other clusters) do not
+    inherit this cluster's HAProxy ports. Variables the user set already win.
+    ``ray.serve`` is imported first so that this driver keeps the classic
+    settings: its own handles stay usable from synchronous code."""
     from ray import serve  # noqa: F401 — evaluates Serve's constants with the driver's current environment
 
-    applied = {}
-    for key, value in ingress_env(mode).items():
-        applied[key] = os.environ.setdefault(key, value)
-    return applied
+    env = ingress_env(mode)
+    if env:
+        env.update({var: str(_free_port()) for var in HAPROXY_PORT_VARS})
+    added = [key for key in env if key not in os.environ]
+    for key in added:
+        os.environ[key] = env[key]
+    try:
+        yield {key: os.environ[key] for key in env}
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def inter_deployment_handle_options() -> dict:

@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from serving_support import free_port
-from qadwh_ray.serving.ingress import HAPROXY_ENV
+from qadwh_ray.serving.ingress import HAPROXY_ENV, HAPROXY_PORT_VARS
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -55,7 +55,27 @@ def _temp_dir(node: str, made: list[str]) -> str:
     return made[-1]
 
 
+def _kill_session(sid: int) -> None:
+    """Processes a node started in their own process group (HAProxy under its manager
+    actor) outlive the node's group; they still carry its session id."""
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and os.getsid(p.pid) == sid:
+                p.kill()
+        except (OSError, psutil.Error):
+            pass
+
+
 def _stop(proc: subprocess.Popen) -> None:
+    try:
+        _stop_group(proc)
+    finally:
+        _kill_session(proc.pid)  # start_new_session=True: the node's session id is its pid
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
@@ -89,6 +109,7 @@ def cluster(tmp_path_factory):
     token = secrets.token_hex(32)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     env.update(HAPROXY_ENV)  # Serve's fast ingress, as ray-cluster.yaml starts its nodes
+    env.update({var: str(free_port()) for var in HAPROXY_PORT_VARS})  # not the fixed ports other clusters here use
     headers = {"Authorization": f"Bearer {token}"}
     gcs, dash_port = free_port(), free_port()
     procs, temp_dirs = [], []

@@ -1,8 +1,11 @@
-"""The ingress choice: its environment variables, and that a user's own settings win."""
+"""The ingress choice: its environment variables, held only while a local cluster starts,
+with free HAProxy ports, and a user's own settings winning."""
+
+import os
 
 import pytest
 
-from qadwh_ray.serving.ingress import HAPROXY_ENV, check_ingress, ingress_env, prepare_local_cluster_env
+from qadwh_ray.serving.ingress import HAPROXY_ENV, HAPROXY_PORT_VARS, check_ingress, ingress_env, local_cluster_env
 
 
 def test_modes_and_their_environment():
@@ -13,21 +16,21 @@ def test_modes_and_their_environment():
         check_ingress("nginx")
 
 
-def test_prepare_sets_missing_variables_and_keeps_the_users(monkeypatch):
-    for key in HAPROXY_ENV:
+def test_variables_are_held_for_the_start_only_and_the_users_win(monkeypatch):
+    for key in (*HAPROXY_ENV, *HAPROXY_PORT_VARS):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the operator turned HAProxy off
-    applied = prepare_local_cluster_env("haproxy")
-    assert applied == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    import os
-
-    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    with local_cluster_env("haproxy") as applied:
+        assert applied["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and applied["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+        assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        ports = [int(os.environ[var]) for var in HAPROXY_PORT_VARS]
+        assert len(set(ports)) == 2 and all(1024 < p < 65536 for p in ports)  # free ports, not 8404/9101
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ and not any(v in os.environ for v in HAPROXY_PORT_VARS)
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
 
 
 def test_proxy_mode_sets_nothing(monkeypatch):
-    for key in HAPROXY_ENV:
+    for key in (*HAPROXY_ENV, *HAPROXY_PORT_VARS):
         monkeypatch.delenv(key, raising=False)
-    assert prepare_local_cluster_env("proxy") == {}
-    import os
-
-    assert not any(key in os.environ for key in HAPROXY_ENV)
+    with local_cluster_env("proxy") as applied:
+        assert applied == {} and not any(key in os.environ for key in (*HAPROXY_ENV, *HAPROXY_PORT_VARS))
