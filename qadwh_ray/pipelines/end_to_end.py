@@ -27,6 +27,7 @@ import numpy as np
 from qadwh_ray import storage
 from qadwh_ray.learning.ablation import FORM_NAMES, checkpoint_name
 from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.serving.ingress import DEFAULT_INGRESS
 
 __all__ = ["MainJobOptions", "run_main_job", "sample_queries", "curl_examples", "keep_serving", "stop_service"]
 
@@ -42,7 +43,7 @@ class MainJobOptions:
     ray_address: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    ingress: str = "haproxy"  # serving/ingress.py: HAProxy fast path or Serve's classic proxy (local clusters)
+    ingress: str = DEFAULT_INGRESS  # serving/ingress.py: HAProxy fast path or Serve's classic proxy (local clusters)
     num_sample_queries: int = 4
     app_name: str = "qadwh"
     progress: bool = True
@@ -54,7 +55,7 @@ def _stage(log, n: int, title: str) -> float:
     return time.perf_counter()
 
 
-def _init_ray(address: str | None, ingress: str = "haproxy") -> None:
+def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS) -> None:
     import ray
 
     from qadwh_ray.serving.ingress import local_cluster_env
