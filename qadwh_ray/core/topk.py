@@ -45,36 +45,41 @@ def merge_topk(
         ids = np.asarray(pair[1])
         if d.ndim != 2 or ids.shape != d.shape:
             raise ValueError(f"shard result {i}: distances {d.shape} and ids {ids.shape} must be equal 2-D shapes")
-        if not np.issubdtype(d.dtype, np.floating) and not np.issubdtype(d.dtype, np.integer):
+        if d.dtype.kind not in "fiu":
             raise TypeError(f"shard result {i}: distances must be numeric, got dtype {d.dtype}")
-        if ids.size and (ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer)):
+        if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"shard result {i}: ids must be integers, got dtype {ids.dtype}")
         if nq is None:
             nq = d.shape[0]
         elif d.shape[0] != nq:
             raise ValueError(f"shard result {i} has {d.shape[0]} queries, shard 0 has {nq}")
-        ids = ids.astype(np.int64)
-        d = d.astype(np.float64)
-        if np.isnan(d[ids >= 0]).any():
-            raise ValueError(f"shard result {i}: NaN distance for a real item")
         dists.append(d)
         idss.append(ids)
-    d = np.concatenate(dists, axis=1)
-    ids = np.concatenate(idss, axis=1)
+    # One concatenation, then every check and the sort on the merged rows (the router
+    # merges every query: this runs per request, so it is kept to a few array passes).
+    d = np.concatenate(dists, axis=1).astype(np.float64, copy=False)
+    ids = np.concatenate(idss, axis=1).astype(np.int64, copy=False)
     pad = ids < 0
-    d = np.where(pad, np.inf, d)
-    ids = np.where(pad, -1, ids)
+    nan = np.isnan(d)
+    if nan.any() and (nan & ~pad).any():
+        row = int(np.argwhere(nan & ~pad)[0][0])
+        raise ValueError(f"NaN distance for a real item (query {row})")
+    if pad.any():
+        d = np.where(pad, np.inf, d)
+        ids = np.where(pad, -1, ids)
+        # Padding sorts after every real item, an infinite distance included.
+        order = np.lexsort((ids, pad, d), axis=-1)[:, :k]
+    else:
+        order = np.lexsort((ids, d), axis=-1)[:, :k]
     if check_duplicates and ids.shape[1] > 1:
         s = np.sort(ids, axis=1)
         dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
         if dup.any():
-            row = int(np.argwhere(dup)[0][0])
-            col = int(np.argwhere(dup)[0][1])
+            row, col = (int(x) for x in np.argwhere(dup)[0])
             raise ValueError(f"id {int(s[row, col])} returned by more than one shard for query {row}")
-    # Real items first by (distance, id); padding last.
-    order = np.lexsort((ids, pad, d), axis=-1)[:, :k]
-    out_d = np.take_along_axis(d, order, axis=1)
-    out_i = np.take_along_axis(ids, order, axis=1)
+    rows = np.arange(nq)[:, None]
+    out_d = d[rows, order]
+    out_i = ids[rows, order]
     width = out_d.shape[1]
     if width < k:
         out_d = np.concatenate([out_d, np.full((nq, k - width), np.inf)], axis=1)

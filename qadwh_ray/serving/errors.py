@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "install_error_handling", "error_body", "ERROR_RESPONSES", "BodyTooLarge"]
+__all__ = ["ApiError", "install_error_handling", "error_body", "api_error_response", "ERROR_RESPONSES", "BodyTooLarge"]
 
 log = logging.getLogger("ray.serve")
 
@@ -63,6 +63,10 @@ def error_body(error: str, detail: Any) -> dict:
 
 def _json(status: int, error: str, detail: Any, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(error_body(error, detail), status_code=status, headers=headers)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return _json(exc.status, exc.error, exc.detail, exc.headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -177,7 +181,7 @@ def install_error_handling(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _json(exc.status, exc.error, exc.detail, exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -3,8 +3,8 @@ throughput-optimised ingress (HAProxy in front of routers that run their own
 HTTP servers, gRPC between deployments).
 
 Measured on the 2-core box (docs/benchmarks.md, serve_bench.py): a code query
-cost ~12 ms of router CPU and ~8.5 ms of proxy CPU through the classic path, and
-~3.7 ms of router CPU with no proxy hop in the fast one — about 4x the
+costs ~5 ms of router CPU and ~4 ms of proxy CPU through the classic path, and
+~1.2 ms of router CPU with no proxy hop in the fast one — about 4x the
 throughput. The fast path is a cluster-wide Ray Serve setting read from the
 environment of every Serve process (controller, proxies, replicas), so it is
 chosen when the cluster starts: this module sets it for the local clusters our

@@ -41,6 +41,7 @@ from ray import serve
 from qadwh_ray.serving import api as api_mod
 from qadwh_ray.serving.config import MODES, AppArgs, RuntimeConfig, read_token
 from qadwh_ray.serving.errors import ERROR_RESPONSES, ApiError, install_error_handling
+from qadwh_ray.serving.fastpath import FastRoutes
 from qadwh_ray.serving.ingress import inter_deployment_handle_options
 
 __all__ = ["Router", "fastapi_app", "ActiveVersion"]
@@ -60,6 +61,8 @@ fastapi_app = FastAPI(
 )
 fastapi_app.state.max_body_bytes = 8 * 1024 * 1024
 fastapi_app.state.on_request = None
+fastapi_app.state.fast_routes = {}
+fastapi_app.add_middleware(FastRoutes, state=fastapi_app.state)  # added first: runs inside the guard
 install_error_handling(fastapi_app)
 
 
@@ -234,6 +237,7 @@ class _Coalescer:
             for j, (_, _, _, fut) in enumerate(batch):
                 if not fut.done():
                     fut.set_result(([r["results"][j] for r in replies], meta))
+            router._observe_shards(meta)  # once per shard call, not once per query it carried
         except BaseException as exc:  # noqa: BLE001 — every waiting request gets the failure
             for _, _, _, fut in batch:
                 if not fut.done():
@@ -276,6 +280,7 @@ class Router:
         self._coalescer = _Coalescer(self, ra.max_batch, ra.max_inflight_batches) if ra.coalesce else None
         fastapi_app.state.max_body_bytes = self.args.max_body_bytes
         fastapi_app.state.on_request = self._observe
+        fastapi_app.state.fast_routes = {("POST", "/v1/search"): self.search}  # serving/fastpath.py
         # The first version is activated by the first reconfigure() (build_app always sets
         # a user_config; Serve awaits it before sending traffic); the watcher does it otherwise.
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -561,10 +566,8 @@ class Router:
         out_labels = [labels_of.get(i) for i in out_ids]
         timings["merge_ms"] = (time.perf_counter() - t) * 1e3
         timings["shards"] = shard_meta
-        if self.m:
-            for x in shard_meta:
-                self.m["shard"].observe(x["rtt_ms"], tags={"shard": str(x["shard"])})
-                self.m["shard_search"].observe(x["search_ms"], tags={"shard": str(x["shard"])})
+        if self._coalescer is None:
+            self._observe_shards(shard_meta)
         names = st.class_names
         results = [
             {
@@ -597,6 +600,16 @@ class Router:
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise ApiError(401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+
+    def _observe_shards(self, shard_meta: list) -> None:
+        if not self.m:
+            return
+        try:
+            for x in shard_meta:
+                self.m["shard"].observe(x["rtt_ms"], tags={"shard": str(x["shard"])})
+                self.m["shard_search"].observe(x["search_ms"], tags={"shard": str(x["shard"])})
+        except Exception as exc:  # noqa: BLE001 — metrics never fail a request
+            log.debug("router: shard metrics: %s", exc)
 
     def _observe(self, scope: dict, status: int, seconds: float) -> None:
         if not self.m:

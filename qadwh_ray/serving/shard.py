@@ -212,6 +212,19 @@ def _warm_up(data: LoadedShard, threads: int) -> None:
 
 # ---------------------------------------------------------------- deployment
 
+# A short search runs inline on the replica's event loop: the hop to a worker thread
+# cost ~10% of a shard's CPU per query on small coalesced batches (benchmarks/serve_bench.py,
+# docs/benchmarks.md). Longer ones (queries x rows above this, i.e. more than a few ms
+# of scanning) go to a thread, so health checks and other calls never wait long.
+INLINE_SCAN_ITEMS = 4_000_000
+
+
+async def _run_search(fn, n_queries: int, rows: int, *args):
+    if n_queries * rows <= INLINE_SCAN_ITEMS:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
 
 class Shard:
     """Serve deployment body (wrapped by :func:`qadwh_ray.serving.app.build_app`)."""
@@ -346,7 +359,9 @@ class Shard:
         if err:
             return err
         try:
-            d, ids = await asyncio.to_thread(search_loaded, data, query_codes, weights, mode, k, radius, self.args.shard.search_threads)
+            d, ids = await _run_search(
+                search_loaded, len(query_codes), len(data), data, query_codes, weights, mode, k, radius, self.args.shard.search_threads
+            )
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": "invalid_request", "detail": str(exc)}
         labels = [data.label_lists(row[row >= 0]) for row in ids]
@@ -368,7 +383,7 @@ class Shard:
         if err:
             return err
         try:
-            res = await asyncio.to_thread(search_many, data, queries, self.args.shard.search_threads)
+            res = await _run_search(search_many, len(queries), len(data), data, queries, self.args.shard.search_threads)
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": "invalid_request", "detail": str(exc)}
         return {

@@ -154,3 +154,20 @@ def test_coalesced_search_equals_one_query_at_a_time():
         wq = None if mode == "hamming" else (w[None, :] if mode == "qadwh" else w)
         d1, i1 = search_loaded(data, code[None, :], wq, mode, k, radius)
         assert i.tolist() == i1[0].tolist() and d.tolist() == d1[0].tolist()
+
+
+def test_short_searches_run_inline_long_ones_in_a_thread():
+    import asyncio
+    import threading
+
+    from qadwh_ray.serving.shard import INLINE_SCAN_ITEMS, _run_search
+
+    def where(tag):
+        return tag, threading.current_thread() is threading.main_thread()
+
+    async def both():
+        short = await _run_search(where, 4, INLINE_SCAN_ITEMS // 4, "short")
+        long_ = await _run_search(where, 4, INLINE_SCAN_ITEMS // 4 + 1, "long")
+        return short, long_
+
+    assert asyncio.run(both()) == (("short", True), ("long", False))
