@@ -122,8 +122,21 @@ def synthetic_sets(n, nbits, nq, flip, seed):
     return {"realistic": (db, queries, weights), "random": (rand_db, rand_q, rand_w)}
 
 
-def model_sets(checkpoint, n, nq, seed, batch_size):
-    """Codes of real + augmented Fashion-MNIST images from a trained checkpoint."""
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_sets(checkpoint, n, nq, seed, batch_size, cache_dir=None):
+    """Codes of real + augmented Fashion-MNIST images from a trained checkpoint.
+
+    Encoding is the slow part on a CPU (~700 images/s for the compact CNN on 2 cores),
+    so with ``cache_dir`` the database codes are kept under the checkpoint's digest."""
     from tqdm import tqdm
 
     from qadwh_ray.data.fashion import load_fashion_mnist
@@ -133,16 +146,25 @@ def model_sets(checkpoint, n, nq, seed, batch_size):
     model = load_checkpoint(checkpoint)
     nbits = model.config.nbits
     images, _ = load_fashion_mnist()
-    db = np.empty((n, nbits // 8), dtype=np.uint8)
-    done, aug_seed = 0, 0
-    with tqdm(total=n, desc=f"encode {nbits}-bit database", file=sys.stderr) as bar:
-        while done < n:
-            take = min(len(images), n - done)
-            batch = images[:take] if aug_seed == 0 else augment(images[:take], seed=aug_seed)
-            db[done:done + take] = encode(model, batch, batch_size=batch_size).codes
-            done += take
-            aug_seed += 1
-            bar.update(take)
+    cached = os.path.join(cache_dir, f"codes-{_file_digest(checkpoint)}-{n}.npy") if cache_dir else None
+    if cached and os.path.exists(cached):
+        db = np.load(cached)
+        log(f"database codes from {cached}")
+    else:
+        db = np.empty((n, nbits // 8), dtype=np.uint8)
+        done, aug_seed = 0, 0
+        with tqdm(total=n, desc=f"encode {nbits}-bit database", file=sys.stderr) as bar:
+            while done < n:
+                take = min(len(images), n - done)
+                batch = images[:take] if aug_seed == 0 else augment(images[:take], seed=aug_seed)
+                db[done:done + take] = encode(model, batch, batch_size=batch_size).codes
+                done += take
+                aug_seed += 1
+                bar.update(take)
+        if cached:
+            os.makedirs(cache_dir, exist_ok=True)
+            np.save(cached + ".tmp.npy", db)
+            os.replace(cached + ".tmp.npy", cached)
     rng = np.random.default_rng(seed)
     qimg = augment(images[rng.choice(len(images), nq, replace=False)], seed=10**6 + seed)
     enc = encode(model, qimg, batch_size=batch_size)
@@ -370,6 +392,7 @@ def main(argv=None) -> dict:
     p.add_argument("--naive-max-items", type=int, default=1_000_000)
     p.add_argument("--naive-queries", type=int, default=4)
     p.add_argument("--encode-batch", type=int, default=2048)
+    p.add_argument("--codes-cache", default=None, help="keep/reuse the checkpoints' database codes in this directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -391,7 +414,7 @@ def main(argv=None) -> dict:
         if args.checkpoint:
             for ck in args.checkpoint:
                 log(f"encoding {n} items with {ck}")
-                nbits, sets = model_sets(ck, n, nq, args.seed, args.encode_batch)
+                nbits, sets = model_sets(ck, n, nq, args.seed, args.encode_batch, args.codes_cache)
                 configs.append((nbits, sets))
         else:
             for nbits in [int(b) for b in args.bits.split(",") if b]:
