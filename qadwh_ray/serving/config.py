@@ -121,8 +121,9 @@ class RouterArgs(DeploymentArgs):
     target_ongoing_requests: float = Field(32.0, gt=0)
     coalesce: bool = Field(True, description="send concurrent queries to the shards together (one call per shard per batch)")
     max_batch: int = Field(32, ge=1, description="queries per coalesced shard call")
-    # 1 measured best (benchmarks/serve_bench.py, docs/benchmarks.md): fewer, larger shard calls
-    # cost the router less CPU per query than overlapping ones, and an idle service still sends at once.
+    # 1: fewer, larger shard calls cost the router less CPU per query than overlapping ones
+    # (Serve's handle routing and gRPC cost per call; docs/benchmarks.md), and an idle service
+    # still sends at once.
     max_inflight_batches: int = Field(1, ge=1, description="coalesced calls in flight at once; new queries wait for a slot")
 
 

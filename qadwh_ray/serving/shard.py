@@ -212,9 +212,9 @@ def _warm_up(data: LoadedShard, threads: int) -> None:
 
 # ---------------------------------------------------------------- deployment
 
-# A short search runs inline on the replica's event loop: the hop to a worker thread
-# cost ~10% of a shard's CPU per query on small coalesced batches (benchmarks/serve_bench.py,
-# docs/benchmarks.md). Longer ones (queries x rows above this, i.e. more than a few ms
+# A short search runs inline on the replica's event loop: on small coalesced batches the
+# hop to a worker thread showed up in the shard's profile next to the search itself
+# (docs/benchmarks.md, serving). Longer ones (queries x rows above this, i.e. more than a few ms
 # of scanning) go to a thread, so health checks and other calls never wait long.
 INLINE_SCAN_ITEMS = 4_000_000
 
@@ -223,7 +223,6 @@ async def _run_search(fn, n_queries: int, rows: int, *args):
     if n_queries * rows <= INLINE_SCAN_ITEMS:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
-
 
 
 class Shard:
