@@ -12,15 +12,16 @@
    N and 2N images, so a build's fixed costs (encoder actor start-up, compaction,
    verification, publish) cancel out, as they do on a large database.
    ``ray_data_end_to_end_vs_plain`` compares whole builds of N images instead.
-2. Scale: ``build_index`` of ``--scale-items`` images (and of ``--scale-items /
-   4``, to show memory does not grow with the database) to local storage and to a
+2. Scale: ``build_index`` of ``--scale-items`` images (and of ``--scale-small``,
+   to show memory does not grow with the database) to local storage and to a
    local S3 server (moto on 127.0.0.1), sampling the proportional set size (PSS)
    of every process of the Ray session (driver, GCS, raylet, workers; shared
    object-store pages counted once) and the driver's RSS.
 
 Prints one JSON object as its last line. Example (what docs/benchmarks.md records)::
 
-    python benchmarks/index_bench.py --items 20000 --scale-items 200000 --threads 1
+    python benchmarks/index_bench.py --items 20000 --scale-items 1000000 --scale-small 100000 \
+        --scale-actors 2 --scale-threads 2 --checkpoint runs/ablation48/qadwh-48.pt --scale-out /tmp/index-scale
 """
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+def _process_kind(pid: int) -> str:
+    """A short name to group processes by: the command name (Ray sets it to the task or
+    actor, e.g. ``ray::MapWorker(MapBatches(Encoder))``, ``ray::IDLE``, ``raylet``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return "?"
+    name = argv0.split()[0] if argv0.startswith("ray::") else os.path.basename(argv0.split()[0]) if argv0 else "?"
+    return name[:60]
+
+
 def _rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -97,14 +110,24 @@ class MemorySampler:
         self.interval = interval
         self.peak_pss_kb = 0
         self.peak_driver_rss_kb = 0
+        self.peak_processes = 0
+        self.peak_breakdown_kb: dict[str, int] = {}  # PSS per process kind at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            total = sum(_pss_kb(p) for p in _tree(me))
-            self.peak_pss_kb = max(self.peak_pss_kb, total)
+            pss = {p: _pss_kb(p) for p in _tree(me)}
+            total = sum(pss.values())
+            if total > self.peak_pss_kb:
+                self.peak_pss_kb, self.peak_processes = total, sum(1 for v in pss.values() if v)
+                breakdown: dict[str, int] = {}
+                for pid, kb in pss.items():
+                    if kb:
+                        kind = "driver" if pid == me else _process_kind(pid)
+                        breakdown[kind] = breakdown.get(kind, 0) + kb
+                self.peak_breakdown_kb = breakdown
             self.peak_driver_rss_kb = max(self.peak_driver_rss_kb, _rss_kb(me))
             self._stop.wait(self.interval)
 
@@ -122,7 +145,7 @@ class MemorySampler:
 # ------------------------------------------------------------------ runs
 
 
-def plain_loop(checkpoint: str, n: int, block: int, batch_size: int, threads: int) -> dict:
+def plain_loop(checkpoint: str, n: int, block: int, threads: int) -> dict:
     import torch
 
     from qadwh_ray.indexing.sources import fashion_augmented_images
@@ -135,22 +158,24 @@ def plain_loop(checkpoint: str, n: int, block: int, batch_size: int, threads: in
     digest = 0
     for s in range(0, n, block):
         images, _ = fashion_augmented_images(np.arange(s, min(n, s + block)))
-        codes = encode(model, images, batch_size=batch_size).codes
+        codes = encode(model, images).codes  # the encoder actors' chunking too (encode.default_chunk)
         digest ^= int(codes[:, 0].astype(np.int64).sum())
     secs = time.perf_counter() - t
     return {"seconds": round(secs, 2), "images_per_s": round(n / secs, 1)}
 
 
-def ray_build(checkpoint: str, n: int, out: str, args, sample_memory: bool = True, **extra) -> dict:
+def ray_build(checkpoint: str, n: int, out: str, args, sample_memory: bool = True,
+              actors: int | None = None, threads: int | None = None, **extra) -> dict:
     from qadwh_ray.indexing import BuildOptions, build_index
 
+    actors, threads = actors or args.actors, threads or args.threads
     opts = BuildOptions(
         shards=extra.pop("shards", None),
         block_rows=args.block_rows,
         batch_size=args.batch_size,
-        actors=args.actors,
-        threads=args.threads,
-        encoder_cpus=float(args.threads),
+        actors=actors,
+        threads=max(1, threads // actors),  # ``threads`` is the encoder pool's total
+        encoder_cpus=float(max(1, threads // actors)),
         read_tasks=args.read_tasks,
         **extra,
     )
@@ -169,35 +194,52 @@ def ray_build(checkpoint: str, n: int, out: str, args, sample_memory: bool = Tru
         "index_items": res.manifest.num_items,
         "peak_pss_mb": round(mem.peak_pss_kb / 1024, 1),
         "peak_driver_rss_mb": round(mem.peak_driver_rss_kb / 1024, 1),
+        "peak_processes": mem.peak_processes,
+        "peak_pss_by_process_mb": {k: round(v / 1024, 1) for k, v in sorted(mem.peak_breakdown_kb.items(), key=lambda kv: -kv[1])},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=20_000, help="images for the throughput comparison")
-    p.add_argument("--scale-items", type=int, default=1_000_000, help="images for the scale run (also run at a quarter of it)")
+    p.add_argument("--scale-items", type=int, default=1_000_000, help="images for the scale run")
+    p.add_argument("--scale-small", default=None,
+                   help="smaller scale build(s) that memory is compared with, comma-separated "
+                        "(default: a quarter of --scale-items)")
+    p.add_argument("--scale-threads", type=int, default=None, help="torch threads of the scale builds (default: --threads)")
+    p.add_argument("--scale-actors", type=int, default=None, help="encoder actors of the scale builds (default: --actors)")
+    p.add_argument("--scale-out", default=None,
+                   help="keep the local scale indexes under this directory (e.g. for search_bench.py --index)")
+    p.add_argument("--checkpoint", default=None,
+                   help="encode with this (trained) checkpoint instead of an untrained --nbits model")
     p.add_argument("--threads", type=int, default=1, help="torch threads: the plain loop's and the encoder actors' in total")
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--read-tasks", type=int, default=2)
     p.add_argument("--block-rows", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="rows per encoder actor call (Ray Data batch)")
     p.add_argument("--nbits", type=int, default=48)
     p.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray session")
     p.add_argument("--repeats", type=int, default=2, help="interleaved plain/ray repetitions (best of each is compared)")
     p.add_argument("--skip-s3", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true", help="only the scale builds")
     args = p.parse_args(argv)
 
     import torch
 
-    from qadwh_ray.model import ModelConfig, build_model, save_checkpoint
+    from qadwh_ray.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
 
     work = tempfile.mkdtemp(prefix="qadwh-index-bench-")
     s3 = None
     try:
-        torch.manual_seed(0)
-        checkpoint = os.path.join(work, "model.pt")
-        save_checkpoint(checkpoint, build_model(ModelConfig(nbits=args.nbits)))
+        if args.checkpoint:
+            checkpoint = os.path.abspath(args.checkpoint)
+            model_name = f"{os.path.basename(checkpoint)} ({load_checkpoint(checkpoint).config.nbits} bits, trained)"
+        else:
+            torch.manual_seed(0)
+            checkpoint = os.path.join(work, "model.pt")
+            save_checkpoint(checkpoint, build_model(ModelConfig(nbits=args.nbits)))
+            model_name = f"compact-{args.nbits}bit (untrained)"
         if not args.skip_s3:  # the S3 server and its environment exist before Ray starts, so workers inherit it
             from moto.server import ThreadedMotoServer
 
@@ -217,52 +259,59 @@ def main(argv: list[str] | None = None) -> int:
 
         # warm the Ray session (worker processes, imports) so that both sides are measured warm
         ray_build(checkpoint, 2000, os.path.join(work, "warm"), args, sample_memory=False)
-        plains, rays, rays2 = [], [], []
-        for rep in range(args.repeats):  # interleaved: the machine is shared, so each side sees the same noise
-            plains.append(plain_loop(checkpoint, args.items, args.block_rows, args.batch_size, args.threads))
-            print(f"plain loop #{rep}: {plains[-1]}", flush=True)
-            rays.append(ray_build(checkpoint, args.items, os.path.join(work, "thr"), args, sample_memory=False, keep=1))
-            print(f"ray data   #{rep}: {rays[-1]}", flush=True)
-            rays2.append(ray_build(checkpoint, 2 * args.items, os.path.join(work, "thr"), args, sample_memory=False, keep=1))
-            print(f"ray data 2x#{rep}: {rays2[-1]}", flush=True)
-        # steady state: the second N images of a 2N build cost t(2N) - t(N); the fixed costs of a
-        # build (actor start-up: torch import + checkpoint load, compaction, publish) cancel out
-        steady = [args.items / max(1e-9, b["seconds"] - a["seconds"]) for a, b in zip(rays, rays2)]
-        e2e_ratio = [r["images_per_s"] / p["images_per_s"] for p, r in zip(plains, rays)]
-        steady_ratio = [st / p["images_per_s"] for p, st in zip(plains, steady)]
-        result = {
-            "benchmark": "index_build",
-            "model": f"compact-{args.nbits}bit",
-            "threads": args.threads,
-            "actors": args.actors,
-            "items": args.items,
-            "repeats": args.repeats,
-            "plain_images_per_s": [p["images_per_s"] for p in plains],
-            "ray_images_per_s": [r["images_per_s"] for r in rays],
-            "ray_2x_images_per_s": [r["images_per_s"] for r in rays2],
-            "ray_steady_images_per_s": [round(x, 1) for x in steady],
-            "ray_data_vs_plain": round(float(np.median(steady_ratio)), 3),
-            "ray_data_vs_plain_each_repeat": [round(x, 3) for x in steady_ratio],
-            "ray_data_end_to_end_vs_plain": round(float(np.median(e2e_ratio)), 3),
-            "ray_data_end_to_end_vs_plain_each_repeat": [round(x, 3) for x in e2e_ratio],
-            "target_ray_data_vs_plain": 0.9,
-        }
+        result = {"benchmark": "index_build", "model": model_name}
+        if not args.skip_throughput:
+            plains, rays, rays2 = [], [], []
+            for rep in range(args.repeats):  # interleaved: the machine is shared, so each side sees the same noise
+                plains.append(plain_loop(checkpoint, args.items, args.block_rows, args.threads))
+                print(f"plain loop #{rep}: {plains[-1]}", flush=True)
+                rays.append(ray_build(checkpoint, args.items, os.path.join(work, "thr"), args, sample_memory=False, keep=1))
+                print(f"ray data   #{rep}: {rays[-1]}", flush=True)
+                rays2.append(ray_build(checkpoint, 2 * args.items, os.path.join(work, "thr"), args, sample_memory=False, keep=1))
+                print(f"ray data 2x#{rep}: {rays2[-1]}", flush=True)
+            # steady state: the second N images of a 2N build cost t(2N) - t(N); the fixed costs of a
+            # build (actor start-up: torch import + checkpoint load, compaction, publish) cancel out
+            steady = [args.items / max(1e-9, b["seconds"] - a["seconds"]) for a, b in zip(rays, rays2)]
+            e2e_ratio = [r["images_per_s"] / p["images_per_s"] for p, r in zip(plains, rays)]
+            steady_ratio = [st / p["images_per_s"] for p, st in zip(plains, steady)]
+            result.update({
+                "threads": args.threads,
+                "actors": args.actors,
+                "items": args.items,
+                "repeats": args.repeats,
+                "plain_images_per_s": [p["images_per_s"] for p in plains],
+                "ray_images_per_s": [r["images_per_s"] for r in rays],
+                "ray_2x_images_per_s": [r["images_per_s"] for r in rays2],
+                "ray_steady_images_per_s": [round(x, 1) for x in steady],
+                "ray_data_vs_plain": round(float(np.median(steady_ratio)), 3),
+                "ray_data_vs_plain_each_repeat": [round(x, 3) for x in steady_ratio],
+                "ray_data_end_to_end_vs_plain": round(float(np.median(e2e_ratio)), 3),
+                "ray_data_end_to_end_vs_plain_each_repeat": [round(x, 3) for x in e2e_ratio],
+                "target_ray_data_vs_plain": 0.9,
+            })
         if not args.skip_scale:
             scale = []
-            targets = [("local", os.path.join(work, "scale"))] + ([] if args.skip_s3 else [("s3", "s3://bench/index")])
+            local_root = os.path.abspath(args.scale_out) if args.scale_out else os.path.join(work, "scale")
+            targets = [("local", local_root)] + ([] if args.skip_s3 else [("s3", "s3://bench/index")])
+            sizes = [int(x) for x in args.scale_small.split(",")] if args.scale_small else [args.scale_items // 4]
+            sizes = sorted(set(sizes + [args.scale_items]))
             for name, root in targets:
-                for n in (args.scale_items // 4, args.scale_items):
-                    r = ray_build(checkpoint, n, root, args, keep=1)
+                for n in sizes:
+                    # one index root per size, so the kept local indexes are the whole databases
+                    r = ray_build(checkpoint, n, f"{root}/{n}", args, actors=args.scale_actors,
+                                  threads=args.scale_threads, keep=1)
                     r["target"] = name
                     print(f"scale: {r}", flush=True)
                     scale.append(r)
+            result["scale_encoder"] = {"actors": args.scale_actors or args.actors, "threads": args.scale_threads or args.threads}
             result["scale"] = [
-                {k: r[k] for k in ("target", "items", "seconds", "images_per_s", "shards", "peak_pss_mb", "peak_driver_rss_mb")}
+                {k: r[k] for k in ("target", "items", "seconds", "images_per_s", "stream_images_per_s", "shards",
+                                   "peak_pss_mb", "peak_driver_rss_mb", "peak_processes", "peak_pss_by_process_mb")}
                 for r in scale
             ]
             for name, _ in targets:
-                small, big = [r for r in scale if r["target"] == name]
-                result[f"memory_growth_{name}"] = round(big["peak_pss_mb"] / small["peak_pss_mb"], 3)
+                runs = [r for r in scale if r["target"] == name]  # by size, smallest first
+                result[f"memory_growth_{name}"] = round(runs[-1]["peak_pss_mb"] / runs[0]["peak_pss_mb"], 3)
         result["host"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(),
                           "ray": ray.__version__, "torch": torch.__version__}
         print(json.dumps(result))

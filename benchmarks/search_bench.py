@@ -22,7 +22,10 @@ Codes:
   and of deterministically augmented copies (``augment(images, seed)``,
   seeds 1, 2, ...) up to the database size; queries are augmented images
   with an unused seed and their query-adaptive weights come from the model.
-  Without a checkpoint a clearly labelled synthetic stand-in: 10 random
+  With ``--index URI`` (repeatable), the codes of a published index, e.g. one
+  that ``qadwh index --source fashion-augmented:N`` built (real images, then
+  chunk-seeded augmentations), and queries from the checkpoint its manifest
+  names. Without either, a clearly labelled synthetic stand-in: 10 random
   cluster centres, every item a centre with each bit flipped with
   probability ``--flip`` (0.1), query weights ``softmax(z) W`` from a random
   class-weight matrix ``W ~ lognormal(0, 0.3)`` and logits peaked on the
@@ -165,12 +168,42 @@ def model_sets(checkpoint, n, nq, seed, batch_size, cache_dir=None):
             os.makedirs(cache_dir, exist_ok=True)
             np.save(cached + ".tmp.npy", db)
             os.replace(cached + ".tmp.npy", cached)
+    return nbits, _with_queries(model, images, db, nq, seed, batch_size)
+
+
+def index_sets(root, n, nq, seed, batch_size):
+    """Codes of the first ``n`` items of a published index (verified on load), e.g. one
+    that ``qadwh index --source fashion-augmented:N`` built — the production encoder's
+    output — with queries encoded by the checkpoint its manifest names."""
+    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray.index import open_index
+    from qadwh_ray.model import load_checkpoint
+
+    reader = open_index(root)
+    if reader.manifest.num_items < n:
+        raise SystemExit(f"--index {root} holds {reader.manifest.num_items} items; --sizes asks for {n}")
+    data = reader.read_all()
+    db = np.ascontiguousarray(data.codes[:n])
+    del data
+    model = load_checkpoint(reader.manifest.checkpoint["uri"])
+    log(f"database codes: {n} of {reader.manifest.num_items} items of {reader!r}")
+    images, _ = load_fashion_mnist()
+    return model.config.nbits, _with_queries(model, images, db, nq, seed, batch_size)
+
+
+def _with_queries(model, images, db, nq, seed, batch_size):
+    """The realistic set (``db`` + the model's codes and weights of augmented query
+    images with an unused seed) and the uniform random set of the same shape."""
+    from qadwh_ray.data.transforms import augment
+    from qadwh_ray.model import encode
+
+    n, nbits = db.shape[0], model.config.nbits
     rng = np.random.default_rng(seed)
     qimg = augment(images[rng.choice(len(images), nq, replace=False)], seed=10**6 + seed)
     enc = encode(model, qimg, batch_size=batch_size)
     rand_db = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
     rand_q = rng.integers(0, 256, (nq, nbits // 8), dtype=np.uint8)
-    return nbits, {"realistic": (db, enc.codes, enc.qadwh_weights), "random": (rand_db, rand_q, enc.qadwh_weights)}
+    return {"realistic": (db, enc.codes, enc.qadwh_weights), "random": (rand_db, rand_q, enc.qadwh_weights)}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -384,6 +417,9 @@ def main(argv=None) -> dict:
     p.add_argument("--bits", default="32,48,64", help="code lengths (synthetic codes)")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="trained model checkpoint for realistic codes (repeat for several code lengths)")
+    p.add_argument("--index", action="append", default=[],
+                   help="published index (path or s3://) whose codes are the realistic database, e.g. built by "
+                        "`qadwh index --source fashion-augmented:N`; queries come from its manifest's checkpoint (repeatable)")
     p.add_argument("--k", type=int, default=K_DEFAULT)
     p.add_argument("--single-queries", type=int, default=32, help="queries timed one at a time per round")
     p.add_argument("--batch", type=int, default=64, help="queries per batch")
@@ -411,7 +447,10 @@ def main(argv=None) -> dict:
     results = []
     for n in sizes:
         configs = []
-        if args.checkpoint:
+        if args.checkpoint or args.index:
+            for root in args.index:
+                log(f"reading {n} items of the index at {root}")
+                configs.append(index_sets(root, n, nq, args.seed, args.encode_batch))
             for ck in args.checkpoint:
                 log(f"encoding {n} items with {ck}")
                 nbits, sets = model_sets(ck, n, nq, args.seed, args.encode_batch, args.codes_cache)
@@ -445,7 +484,8 @@ def main(argv=None) -> dict:
         vals = [v for v in (a, b) if v is not None]
         return min(vals) if vals else None
 
-    realistic_label = (f"model checkpoint(s) {args.checkpoint}: real + augmented Fashion-MNIST" if args.checkpoint
+    realistic_label = (f"model checkpoint(s) {args.checkpoint}, index(es) {args.index}: real + augmented Fashion-MNIST"
+                       if args.checkpoint or args.index
                        else f"SYNTHETIC STAND-IN (no --checkpoint): 10 cluster centres, bit flips p={args.flip}, "
                             "weights softmax(z) W with W ~ lognormal(0, 0.3)")
     vs_naive = [row["weighted_vs_naive"] for r in results for row in r["timings"] if row["weighted_vs_naive"]]
@@ -471,6 +511,11 @@ def main(argv=None) -> dict:
         "weighted_vs_naive_random": pick("random", key="weighted_vs_naive"),
         "weighted_vs_naive_min": min(vs_naive) if vs_naive else None,
         "memory_ratio_max": max(r["memory"]["memory_ratio"] for r in results),
+        # the headline ratios at every measured code length (n=head_n, 1 thread, single queries)
+        "weighted_vs_faiss_by_bits": {
+            str(b): {c: lower(pick(c, nbits=b), pick(c, nbits=b, key="weighted_vs_faiss_cpu")) for c in ("realistic", "random")}
+            for b in sorted({r["nbits"] for r in results if r["n"] == head_n})
+        },
         "results": results,
     }
     def meets(value, ok):

@@ -78,7 +78,7 @@ class BadInputError(IndexBuildError, ValueError):
 class BuildOptions:
     shards: int | None = None  # None: ceil(items / ITEMS_PER_SHARD)
     skip_bad: bool = False
-    batch_size: int = 512  # rows per encoder call
+    batch_size: int = 512  # rows per encoder call (the model runs them in chunks of encode.default_chunk)
     block_rows: int = 2048  # rows per read/decode batch
     actors: int | None = None  # encoder actor pool max size (default: #GPUs, else 2)
     encoder_cpus: float = 0.5
@@ -148,7 +148,6 @@ class Encoder:
         self,
         checkpoint_uri: str,
         checkpoint_sha256: str,
-        batch_size: int = 512,
         threads: int = 1,
         device: str = "cpu",
         fault_marker: str | None = None,
@@ -167,7 +166,6 @@ class Encoder:
         self.device = device
         self.model = model_from_payload(payload).to(device)
         self.nbytes = self.model.config.nbits // 8
-        self.batch_size = batch_size
         self.fault_marker = fault_marker
 
     def _maybe_crash(self) -> None:
@@ -192,7 +190,7 @@ class Encoder:
         if good.size:
             images = np.asarray(batch["image"])
             sel = images if good.size == n else images[good]
-            codes[good] = encode(self.model, sel, batch_size=self.batch_size, device=self.device).codes
+            codes[good] = encode(self.model, sel, device=self.device).codes
         return {
             "_row": batch["_row"],
             "id": batch["id"],
@@ -468,7 +466,6 @@ def build_index(
             fn_constructor_kwargs=dict(
                 checkpoint_uri=ckpt["uri"],
                 checkpoint_sha256=ckpt["sha256"],
-                batch_size=opts.batch_size,
                 threads=threads,
                 device="cuda" if use_gpu else "cpu",
                 fault_marker=opts.fault_marker,
@@ -619,7 +616,7 @@ def build_index(
                 pass
 
 
-def encode_images_locally(checkpoint: str, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def encode_images_locally(checkpoint: str, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Codes of ``images`` from a plain local encode (for comparisons)."""
     from qadwh_ray.model import encode, load_checkpoint
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import yaml
 
 from qadwh_ray.core.bits import check_code_length
-from qadwh_ray.model.config import BACKBONES, ModelConfig
+from qadwh_ray.model.config import BACKBONES, CLASS_INPUTS, ModelConfig
 
 DATASETS = ("fashion", "fashion-multilabel")
 TRIPLET_FORMS = ("paper", "reference", "plain")
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TrainConfig:
     nbits: int = 48
     pretrained: str | None = None
     image_size: int = 28
+    class_input: str = "features"  # features (the paper's two streams) | codes: the classifier reads h
     # objective: L = L_tri + λ L_cls (eq. 10, 11)
     triplet_form: str = "paper"  # paper | reference | plain (NINH: W ≡ 1, frozen)
     margin: float = 2.0
@@ -44,7 +46,8 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_step_epochs: int = 20  # divide lr by 1/lr_gamma every this many epochs (step decay)
+    lr_schedule: str = "step"  # step: the paper's step decay; cosine: anneal to 0 over `epochs`
+    lr_step_epochs: int = 20  # step: divide lr by 1/lr_gamma every this many epochs
     lr_gamma: float = 0.1
     epochs: int = 30
     classes_per_batch: int = 8
@@ -64,10 +67,14 @@ class TrainConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         check_code_length(self.nbits)
+        if self.class_input not in CLASS_INPUTS:
+            raise ValueError(f"unknown class_input {self.class_input!r}; choose one of {', '.join(CLASS_INPUTS)}")
         if self.triplet_form not in TRIPLET_FORMS:
             raise ValueError(f"unknown triplet_form {self.triplet_form!r}; choose one of {', '.join(TRIPLET_FORMS)}")
         if self.triplets not in ("all", "sample"):
             raise ValueError(f"triplets must be 'all' or 'sample', got {self.triplets!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         for name in ("lr", "margin", "epochs", "classes_per_batch", "images_per_class", "num_workers", "cpus_per_worker"):
@@ -100,7 +107,8 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         size = 56 if self.dataset == "fashion-multilabel" and self.image_size == 28 else self.image_size
-        return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=self.num_classes, image_size=size)
+        return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=self.num_classes, image_size=size,
+                           class_input=self.class_input)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from qadwh_ray.core.bits import check_code_length
 
 BACKBONES = ("compact", "resnet18", "resnet50", "vgg19")
+CLASS_INPUTS = ("features", "codes")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,10 @@ class ModelConfig:
     num_classes: int = 10
     in_channels: int = 1  # 1 = grayscale input (repeated to 3 channels for ImageNet backbones)
     image_size: int = 28
+    # What the classification head reads: the backbone features f (the paper's
+    # two streams), or the hash layer's activations h, so that the class
+    # information must pass through the code (docs/results.md).
+    class_input: str = "features"
     # Normalisation applied by encode(); stored so a checkpoint encodes raw pixels on its own.
     mean: float = 0.2860
     std: float = 0.3530
@@ -29,6 +34,8 @@ class ModelConfig:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
+        if self.class_input not in CLASS_INPUTS:
+            raise ValueError(f"unknown class_input {self.class_input!r}; choose one of {', '.join(CLASS_INPUTS)}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
 

@@ -16,6 +16,18 @@ from qadwh_ray.data.transforms import resize, to_float_tensor
 from qadwh_ray.model.network import HashingNetwork
 
 
+# Images per forward pass when the caller does not choose. On CPU a small chunk
+# keeps the compact CNN's activations in cache: 128 images run ~1.5-1.8x faster than
+# 1024 on 2 threads (benchmarks/encode_bench.py, docs/benchmarks.md). GPUs want
+# large batches.
+CPU_CHUNK = 128
+GPU_CHUNK = 1024
+
+
+def default_chunk(device: str | torch.device) -> int:
+    return CPU_CHUNK if torch.device(device).type == "cpu" else GPU_CHUNK
+
+
 @dataclass
 class EncodeResult:
     codes: np.ndarray  # (n, nbits/8) uint8, packed little-endian
@@ -48,12 +60,18 @@ def preprocess(model: HashingNetwork, images: np.ndarray) -> torch.Tensor:
 def encode(
     model: HashingNetwork,
     images: np.ndarray,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     with_features: bool = False,
 ) -> EncodeResult:
+    """``batch_size``: images per forward pass (default: :func:`default_chunk`); it
+    does not change the result."""
     if device is None:
         device = next(model.parameters()).device
+    if batch_size is None:
+        batch_size = default_chunk(device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     codes, weights, logits, feats = [], [], [], []
     for start in range(0, len(images), batch_size):

@@ -1,6 +1,7 @@
 """The two-stream hashing network of QaDWH (DESIGN.md §2).
 
-backbone → f;  h = sigmoid(A f + a) ∈ (0,1)^q;  z = C f + c (class logits);
+backbone → f;  h = sigmoid(A f + a) ∈ (0,1)^q;  z = C f + c (class logits; or
+z = C h + c with ``class_input="codes"``, so the class information runs through the code);
 W ∈ R≥0^{c×q}, the class-wise bit weights, initialised to 1 and kept inside the
 module so that DDP synchronises it like any other parameter.
 """
@@ -28,12 +29,13 @@ class HashingNetwork(nn.Module):
         self.config = config
         self.backbone, dim = build_backbone(config.backbone, config.in_channels, pretrained)
         self.hash_head = nn.Linear(dim, config.nbits)
-        self.class_head = nn.Linear(dim, config.num_classes)
+        self.class_head = nn.Linear(config.nbits if config.class_input == "codes" else dim, config.num_classes)
         self.W = nn.Parameter(torch.ones(config.num_classes, config.nbits))
 
     def forward(self, x: torch.Tensor) -> HashOutput:
         f = self.backbone(x)
-        return HashOutput(f, torch.sigmoid(self.hash_head(f)), self.class_head(f))
+        h = torch.sigmoid(self.hash_head(f))
+        return HashOutput(f, h, self.class_head(h if self.config.class_input == "codes" else f))
 
     def query_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """Query-adaptive bit weights w_q = softmax(z_q)ᵀ W (eq. 14)."""

@@ -14,7 +14,8 @@ def test_yaml_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     "text,match",
     [("nbitz: 32\n", "unknown config keys: nbitz"), ("nbits: 0\n", "between 1 and 4096 bits"),
-     ("triplet_form: cosine\n", "unknown triplet_form"), ("- 1\n", "YAML mapping")],
+     ("triplet_form: cosine\n", "unknown triplet_form"), ("- 1\n", "YAML mapping"),
+     ("lr_schedule: linear\n", "unknown lr_schedule 'linear'")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
     path = tmp_path / "c.yaml"
@@ -37,3 +38,23 @@ def test_bad_overrides():
 def test_round_trip_dict():
     cfg = TrainConfig(nbits=24, margin=3.0)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_lr_schedules_step_and_cosine():
+    import torch
+
+    from qadwh_ray.learning.loop import make_scheduler
+
+    def rates(cfg):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched, out = make_scheduler(opt, cfg), []
+        for _ in range(cfg.epochs):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    step = rates(TrainConfig(lr=1.0, epochs=4, lr_step_epochs=2, lr_gamma=0.1))
+    assert step == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    cosine = rates(TrainConfig(lr=1.0, epochs=4, lr_schedule="cosine"))
+    assert cosine == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])

@@ -26,6 +26,28 @@ def test_query_weights_are_softmax_times_W():
     torch.testing.assert_close(model.dwh_weights(), model.W.mean(0))
 
 
+def test_classifier_on_codes_reads_h_and_round_trips(tmp_path):
+    model = build_model(ModelConfig(nbits=16, num_classes=10, class_input="codes")).eval()
+    assert model.class_head.in_features == 16
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out.logits, model.class_head(out.h))  # z = C h + c, not C f + c
+    uri = str(tmp_path / "model.pt")
+    save_checkpoint(uri, model)
+    again = load_checkpoint(uri)
+    assert again.config.class_input == "codes"
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, out.logits)
+    with pytest.raises(ValueError, match="unknown class_input 'pixels'"):
+        ModelConfig(class_input="pixels")
+
+
+def test_checkpoints_without_class_input_load_as_features():
+    cfg = ModelConfig.from_dict({k: v for k, v in ModelConfig().to_dict().items() if k != "class_input"})
+    assert cfg.class_input == "features"
+
+
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("vgg19", 4096)])
 def test_torchvision_backbones_give_their_feature_width(name, dim):
     net, width = build_backbone(name, in_channels=1)
@@ -90,3 +112,14 @@ def test_encode_packs_h_threshold_and_is_batch_size_independent():
     assert a.features.shape == (37, 512)
     with pytest.raises(TypeError, match="uint8"):
         encode(model, images.astype(np.float32))
+
+
+def test_encode_default_chunk_matches_explicit_chunks_and_rejects_bad_sizes():
+    from qadwh_ray.model.encode import CPU_CHUNK, GPU_CHUNK, default_chunk
+
+    assert default_chunk("cpu") == CPU_CHUNK and default_chunk("cuda") == GPU_CHUNK
+    model = build_model(ModelConfig(nbits=8, num_classes=10)).eval()
+    images = np.random.default_rng(1).integers(0, 256, size=(CPU_CHUNK + 3, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(encode(model, images).codes, encode(model, images, batch_size=1000).codes)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        encode(model, images, batch_size=0)
