@@ -58,3 +58,12 @@ def test_lr_schedules_step_and_cosine():
     assert step == pytest.approx([1.0, 1.0, 0.1, 0.1])
     cosine = rates(TrainConfig(lr=1.0, epochs=4, lr_schedule="cosine"))
     assert cosine == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert files
+    for path in files:
+        load_config(str(path))  # unknown keys or bad values would raise, naming the file's problem
