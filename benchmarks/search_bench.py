@@ -427,7 +427,7 @@ def main(argv=None) -> dict:
     p.add_argument("--flip", type=float, default=0.1, help="bit-flip probability of the synthetic clusters")
     p.add_argument("--naive-max-items", type=int, default=1_000_000)
     p.add_argument("--naive-queries", type=int, default=4)
-    p.add_argument("--encode-batch", type=int, default=2048)
+    p.add_argument("--encode-batch", type=int, default=None, help="images per forward pass (default: encode.default_chunk)")
     p.add_argument("--codes-cache", default=None, help="keep/reuse the checkpoints' database codes in this directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
