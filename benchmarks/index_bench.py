@@ -88,8 +88,10 @@ def _process_kind(pid: int) -> str:
             argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
     except OSError:
         return "?"
-    name = argv0.split()[0] if argv0.startswith("ray::") else os.path.basename(argv0.split()[0]) if argv0 else "?"
-    return name[:60]
+    if not argv0:
+        return "?"
+    first = argv0.split()[0]
+    return (first if first.startswith("ray::") else os.path.basename(first))[:60]
 
 
 def _rss_kb(pid: int) -> int:

@@ -17,9 +17,9 @@ from qadwh_ray.model.network import HashingNetwork
 
 
 # Images per forward pass when the caller does not choose. On CPU a small chunk
-# keeps the compact CNN's activations in cache: 128 images run ~1.5-1.8x faster than
-# 1024 on 2 threads (benchmarks/encode_bench.py, docs/benchmarks.md). GPUs want
-# large batches.
+# keeps the compact CNN's activations in cache: 128 images run 1.84x (1 thread) and
+# 1.69x (2 threads) faster than 1,024 (benchmarks/encode_bench.py, docs/benchmarks.md).
+# GPUs want large batches.
 CPU_CHUNK = 128
 GPU_CHUNK = 1024
 
