@@ -24,6 +24,7 @@ __all__ = [
     "resize",
     "augment",
     "train_augment",
+    "random_erase",
     "decode_image",
     "encode_png",
 ]
@@ -162,9 +163,11 @@ def train_augment(
     padding: int = 2,
     flip: bool = True,
     padding_mode: str = "replicate",
+    erase: float = 0.0,
 ) -> torch.Tensor:
     """Light training augmentation on a float batch ``(n, C, H, W)``: random
-    crop after padding by ``padding`` pixels, then a random horizontal flip.
+    crop after padding by ``padding`` pixels, then a random horizontal flip,
+    then (with probability ``erase`` per image) :func:`random_erase`.
 
     Padding replicates the border by default, which is correct whether or not
     the batch is already normalised (zero-padding a normalised batch would
@@ -188,7 +191,46 @@ def train_augment(
     cols = cols.to(dev)  # (n, w)
     idx_n = torch.arange(n, device=dev)[:, None, None, None]
     idx_c = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+    out = padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+    # no draws at erase=0, so runs without erasing keep their random streams
+    return random_erase(out, erase, generator) if erase else out
+
+
+def random_erase(
+    batch: torch.Tensor,
+    probability: float,
+    generator: torch.Generator | None = None,
+    *,
+    scale: tuple[float, float] = (0.02, 0.25),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    value: float = 0.0,
+) -> torch.Tensor:
+    """Random erasing (Zhong et al., 2017), vectorised: each image of a float
+    ``(n, C, H, W)`` batch, with probability ``probability``, gets one
+    rectangle of ``scale`` × its area and aspect ratio in ``ratio`` (log-uniform)
+    set to ``value`` (0 = the dataset mean once normalised).
+    """
+    if batch.ndim != 4 or not batch.is_floating_point():
+        raise ValueError(f"random_erase needs a float (n, C, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
+    if not 0 <= probability <= 1:
+        raise ValueError(f"erase probability must be in [0, 1], got {probability}")
+    if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"bad erase scale {scale} or ratio {ratio}")
+    n, _, h, w = batch.shape
+    u = torch.rand(5, n, generator=generator, dtype=torch.float64)
+    apply = u[0] < probability
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[1])
+    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[2])
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    top = (u[3] * (h - eh + 1)).floor().long()
+    left = (u[4] * (w - ew + 1)).floor().long()
+    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    in_rows = (ar_h[None, :] >= top[:, None]) & (ar_h[None, :] < (top + eh)[:, None])  # (n, h)
+    in_cols = (ar_w[None, :] >= left[:, None]) & (ar_w[None, :] < (left + ew)[:, None])  # (n, w)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    return batch.masked_fill(mask[:, None].to(batch.device), value)
 
 
 def decode_image(

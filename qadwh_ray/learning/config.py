@@ -19,6 +19,7 @@ from qadwh_ray.model.config import BACKBONES, CLASS_INPUTS, ModelConfig
 DATASETS = ("fashion", "fashion-multilabel")
 TRIPLET_FORMS = ("paper", "reference", "plain")
 LR_SCHEDULES = ("step", "cosine")
+TRIPLET_AVERAGES = ("all", "active")
 
 
 @dataclass
@@ -40,6 +41,10 @@ class TrainConfig:
     cls_weight: float = 1.0  # λ
     triplets: str = "all"  # all valid triplets of the (global) batch, or `sample`
     triplets_per_anchor: int = 16
+    # all: L_tri is the mean over every mined triplet (NINH; satisfied ones count 0);
+    # active: over the triplets that still violate the margin, so the ranking term
+    # keeps its weight against λ L_cls as training satisfies most triplets
+    triplet_average: str = "all"
     weight_norm: bool = True  # keep each class row of W at mean 1 (see docs/results.md)
     # optimisation
     optimizer: str = "adam"
@@ -53,6 +58,7 @@ class TrainConfig:
     classes_per_batch: int = 8
     images_per_class: int = 8  # batch = classes_per_batch × images_per_class
     augment: bool = True
+    erase_probability: float = 0.0  # random erasing per training image (with augment); 0 = off
     seed: int = 0
     max_steps: int | None = None
     # distributed (Ray Train)
@@ -73,6 +79,10 @@ class TrainConfig:
             raise ValueError(f"unknown triplet_form {self.triplet_form!r}; choose one of {', '.join(TRIPLET_FORMS)}")
         if self.triplets not in ("all", "sample"):
             raise ValueError(f"triplets must be 'all' or 'sample', got {self.triplets!r}")
+        if self.triplet_average not in TRIPLET_AVERAGES:
+            raise ValueError(
+                f"unknown triplet_average {self.triplet_average!r}; choose one of {', '.join(TRIPLET_AVERAGES)}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.optimizer not in ("adam", "sgd"):
@@ -84,6 +94,8 @@ class TrainConfig:
             raise ValueError("batches need ≥2 classes and ≥2 images per class so every anchor has a positive and a negative")
         if self.train_limit is not None and (isinstance(self.train_limit, bool) or self.train_limit < 2):
             raise ValueError(f"train_limit must be None or an integer >= 2, got {self.train_limit!r}")
+        if not 0 <= self.erase_probability <= 1:
+            raise ValueError(f"erase_probability must be in [0, 1], got {self.erase_probability}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.worker_resources is not None:

@@ -56,7 +56,7 @@ def train_local(
         for idx in batches:
             x = x_all[idx]
             if cfg.augment:
-                x = train_augment(x, aug_gen)
+                x = train_augment(x, aug_gen, erase=cfg.erase_probability)
             if x.shape[-1] != mc.image_size:
                 x = resize(x, mc.image_size)
             parts = train_step(model, optimizer, x, y_all[idx], cfg, rng)

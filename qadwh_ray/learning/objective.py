@@ -3,7 +3,8 @@
 L = L_tri + λ L_cls (eq. 10–11). Triplets are mined over the *global* batch: a
 ``Gather`` collects codes, weight rows and labels from every worker with the
 local part keeping its gradients, anchors are the local rows, positives and
-negatives come from all rows. Sums are divided by global counts and scaled by
+negatives come from all rows. Sums are divided by global counts (all triplets, or with
+``triplet_average: active`` those still inside the margin) and scaled by
 the world size, so that DDP's gradient *averaging* reproduces exactly the
 gradient of one process on the whole global batch.
 """
@@ -75,13 +76,18 @@ def batch_objective(
     a, p, n = (torch.as_tensor(x, device=out.h.device) for x in (a, p, n))
 
     world = gather.world_size
-    n_triplets = int(gather.all_reduce_sum(float(len(a))))
     n_rows = int(gather.all_reduce_sum(float(out.h.shape[0])))
     if cfg.triplet_form == "plain":
-        tri_sum = triplet_loss(h_all, a, p, n, margin=cfg.margin, reduction="sum")
+        per_triplet = triplet_loss(h_all, a, p, n, margin=cfg.margin, reduction="none")
     else:
         rows, _ = gather.all_gather(class_weight_rows(labels, W))
-        tri_sum = weighted_triplet_loss(h_all, rows, a, p, n, margin=cfg.margin, form=cfg.triplet_form, reduction="sum")
+        per_triplet = weighted_triplet_loss(
+            h_all, rows, a, p, n, margin=cfg.margin, form=cfg.triplet_form, reduction="none"
+        )
+    tri_sum = per_triplet.sum()
+    # the divisor is a global count, so every worker divides by the same number
+    counted = int((per_triplet.detach() > 0).sum()) if cfg.triplet_average == "active" else len(a)
+    n_triplets = int(gather.all_reduce_sum(float(counted)))
     cls_sum = multilabel_softmax_loss(out.logits, labels, reduction="sum")
     tri = tri_sum * (world / max(n_triplets, 1))
     cls = cls_sum * (world / n_rows)

@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict) -> dict:
     for batch in iter_local_batches(shard, plan, world, start_step, device):
         x = to_float_tensor(batch.images, mean=mc.mean, std=mc.std)
         if cfg.augment:
-            x = train_augment(x, aug_gen)
+            x = train_augment(x, aug_gen, erase=cfg.erase_probability)
         if x.shape[-1] != mc.image_size:
             x = resize(x, mc.image_size)
         parts = train_step(model, optimizer, x, batch.labels, cfg, rng, gather)

@@ -15,7 +15,9 @@ def test_yaml_and_overrides(tmp_path):
     "text,match",
     [("nbitz: 32\n", "unknown config keys: nbitz"), ("nbits: 0\n", "between 1 and 4096 bits"),
      ("triplet_form: cosine\n", "unknown triplet_form"), ("- 1\n", "YAML mapping"),
-     ("lr_schedule: linear\n", "unknown lr_schedule 'linear'")],
+     ("lr_schedule: linear\n", "unknown lr_schedule 'linear'"),
+     ("triplet_average: hardest\n", "unknown triplet_average 'hardest'"),
+     ("erase_probability: 1.5\n", "erase_probability must be in")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
     path = tmp_path / "c.yaml"

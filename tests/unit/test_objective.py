@@ -25,11 +25,17 @@ def _batch():
     return x, labels
 
 
-def _model():
+def _model(spread_codes=False):
     torch.manual_seed(0)
     model = build_model(ModelConfig(nbits=16, num_classes=10)).double().eval()  # eval: BN/dropout not batch-dependent
     with torch.no_grad():
         model.W.uniform_(0.5, 1.5)
+    if spread_codes:
+        # the untrained CNN maps these noise images to nearly one feature vector, so every
+        # triplet violates any margin; a linear backbone gives distinct codes, some triplets met
+        model.backbone = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(28 * 28, model.hash_head.in_features)
+        ).double()
     return model
 
 
@@ -37,7 +43,12 @@ def _grads(model):
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank, port, form, out_dir):
+def _config(form, average):
+    # margin 8 keeps every triplet active; 0.05 on spread codes leaves some satisfied, so "active" divides by fewer
+    return TrainConfig(triplet_form=form, triplet_average=average, margin=8.0 if average == "all" else 0.05)
+
+
+def _worker(rank, port, form, average, out_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from qadwh_ray.learning.distributed import TorchDistributedGather
@@ -48,11 +59,11 @@ def _worker(rank, port, form, out_dir):
     x, labels = _batch()
     per = N // WORLD
     sl = slice(rank * per, (rank + 1) * per)
-    model = _model()
+    model = _model(spread_codes=average == "active")
     if form == "plain":
         model.W.requires_grad_(False)  # NINH freezes W before DDP wraps the model
     ddp = DDP(model)
-    cfg = TrainConfig(triplet_form=form, margin=8.0)
+    cfg = _config(form, average)
     out = ddp(x[sl].double())
     parts = batch_objective(out, labels[sl], ddp.module.W, cfg, np.random.default_rng(0), TorchDistributedGather())
     parts.total.backward()
@@ -67,14 +78,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("form", ["paper", "reference", "plain"])
-def test_two_gloo_workers_reproduce_the_single_process_gradient(form, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), form, str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize(
+    "form, average", [("paper", "all"), ("reference", "all"), ("plain", "all"), ("paper", "active")]
+)
+def test_two_gloo_workers_reproduce_the_single_process_gradient(form, average, tmp_path):
+    mp.spawn(_worker, args=(_free_port(), form, average, str(tmp_path)), nprocs=WORLD, join=True)
     x, labels = _batch()
-    model = _model()
+    model = _model(spread_codes=average == "active")
     if form == "plain":
         model.W.requires_grad_(False)
-    cfg = TrainConfig(triplet_form=form, margin=8.0)
+    cfg = _config(form, average)
     parts = batch_objective(model(x.double()), labels, model.W, cfg, np.random.default_rng(0))
     assert parts.num_triplets > 0
     parts.total.backward()
@@ -83,6 +96,32 @@ def test_two_gloo_workers_reproduce_the_single_process_gradient(form, tmp_path):
     assert single.keys() <= distributed.keys()
     for name, g in single.items():
         torch.testing.assert_close(distributed[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_active_average_is_the_mean_over_margin_violating_triplets():
+    from qadwh_ray.core.losses import weighted_triplet_loss
+    from qadwh_ray.core.triplets import all_valid_triplets
+    from qadwh_ray.core.weights import class_weight_rows
+
+    x, labels = _batch()
+    model = _model(spread_codes=True)
+    out = model(x.double())
+    cfg = _config("paper", "active")
+    parts = batch_objective(out, labels, model.W, cfg, np.random.default_rng(0))
+    a, p, n = all_valid_triplets(labels.numpy().astype(np.uint8))
+    rows = class_weight_rows(labels.double(), model.W)
+    per = weighted_triplet_loss(out.h, rows, a, p, n, margin=cfg.margin, reduction="none").detach()
+    active = per[per > 0]
+    assert 0 < len(active) < len(per)  # the case where the two averages differ
+    assert parts.triplet == pytest.approx(float(active.mean()), rel=1e-12)
+    everything = batch_objective(out, labels, model.W, _config("paper", "all").replace(margin=cfg.margin),
+                                 np.random.default_rng(0))
+    assert everything.triplet == pytest.approx(float(per.mean()), rel=1e-12)
+
+
+def test_unknown_triplet_average_is_refused():
+    with pytest.raises(ValueError, match="triplet_average"):
+        TrainConfig(triplet_average="hardest")
 
 
 def test_projection_keeps_W_nonnegative_with_unit_row_means():

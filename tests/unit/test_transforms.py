@@ -16,6 +16,7 @@ from qadwh_ray.data.transforms import (
     encode_png,
     resize,
     to_float_tensor,
+    random_erase,
     train_augment,
 )
 
@@ -89,6 +90,39 @@ def test_train_augment():
         )
     with pytest.raises(ValueError, match="float"):
         train_augment(torch.from_numpy(GRAY), None)
+
+
+def test_random_erase_blanks_one_rectangle_per_chosen_image():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(200, 1, 28, 28, generator=g) + 1.0  # no pixel is 0 before erasing
+    out = random_erase(x, 0.5, torch.Generator().manual_seed(4), scale=(0.02, 0.25))
+    erased = 0
+    for i in range(len(x)):
+        zero = (out[i, 0] == 0).numpy()
+        if not zero.any():
+            assert torch.equal(out[i], x[i])
+            continue
+        erased += 1
+        rows, cols = np.nonzero(zero.any(1))[0], np.nonzero(zero.any(0))[0]
+        box = np.zeros_like(zero)
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+        assert np.array_equal(zero, box)  # one filled rectangle
+        assert 0.02 * 784 * 0.5 <= box.sum() <= 0.25 * 784 * 1.5  # its area within the scale (rounding)
+        assert torch.equal(out[i][:, ~torch.from_numpy(box)], x[i][:, ~torch.from_numpy(box)])
+    assert 70 < erased < 130  # probability 0.5 of 200
+    assert torch.equal(random_erase(x, 0.0, torch.Generator().manual_seed(4)), x)
+    same = random_erase(x, 0.5, torch.Generator().manual_seed(4), scale=(0.02, 0.25))
+    assert torch.equal(same, out)  # seeded: reproducible
+    with pytest.raises(ValueError, match="probability"):
+        random_erase(x, 1.5)
+
+
+def test_train_augment_without_erasing_keeps_its_random_stream():
+    x = to_float_tensor(GRAY)
+    plain = train_augment(x, torch.Generator().manual_seed(5))
+    assert torch.equal(train_augment(x, torch.Generator().manual_seed(5), erase=0.0), plain)
+    erased = train_augment(x, torch.Generator().manual_seed(5), erase=1.0)
+    assert (erased == 0).any() and not torch.equal(erased, plain)
 
 
 def test_png_round_trip():
