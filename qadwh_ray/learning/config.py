@@ -96,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"train_limit must be None or an integer >= 2, got {self.train_limit!r}")
         if not 0 <= self.erase_probability <= 1:
             raise ValueError(f"erase_probability must be in [0, 1], got {self.erase_probability}")
+        if self.erase_probability and not self.augment:
+            raise ValueError("erase_probability needs augment: true (erasing is part of the training augmentation)")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.worker_resources is not None:

@@ -17,7 +17,8 @@ def test_yaml_and_overrides(tmp_path):
      ("triplet_form: cosine\n", "unknown triplet_form"), ("- 1\n", "YAML mapping"),
      ("lr_schedule: linear\n", "unknown lr_schedule 'linear'"),
      ("triplet_average: hardest\n", "unknown triplet_average 'hardest'"),
-     ("erase_probability: 1.5\n", "erase_probability must be in")],
+     ("erase_probability: 1.5\n", "erase_probability must be in"),
+     ("augment: false\nerase_probability: 0.5\n", "erase_probability needs augment")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
     path = tmp_path / "c.yaml"
