@@ -17,7 +17,7 @@ from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
 from qadwh_ray.learning.evaluate import Ranking, RankingMetrics, evaluate_ranking, format_table
 from qadwh_ray.learning.local import train_local
-from qadwh_ray.model.checkpoint import load_checkpoint, newest_checkpoint
+from qadwh_ray.model.checkpoint import load_payload, model_from_payload, newest_checkpoint
 from qadwh_ray.model.encode import encode
 from qadwh_ray.model.network import HashingNetwork
 
@@ -129,6 +129,19 @@ def run_ablation(
     return rows, runs
 
 
+def check_trained_on(payload: dict, dataset: str, split_seed: int, name: str) -> None:
+    """Refuse a model trained on another dataset or split: with another split
+    seed its own training images would sit among the queries and the database,
+    and a model for 56x56 mosaics would silently accept 28x28 images."""
+    trained = payload.get("train_config") or {}
+    for key, ours in (("dataset", dataset), ("split_seed", split_seed)):
+        if key in trained and trained[key] != ours:
+            raise ValueError(
+                f"{name} was trained with {key}={trained[key]!r} but this evaluation uses {key}={ours!r}; "
+                f"evaluate it with --set {key}={trained[key]}"
+            )
+
+
 def evaluate_checkpoints(
     checkpoint_dir: str, bits: list[int], forms: list[str], base: TrainConfig, out_dir: str | None = None,
     export_dir: str | None = None, log=print, data: RetrievalData | None = None,
@@ -139,7 +152,9 @@ def evaluate_checkpoints(
     models = []
     for nbits in bits:
         for form in forms:
-            model = load_checkpoint(model_checkpoint(checkpoint_dir, form, nbits))
+            payload = load_payload(model_checkpoint(checkpoint_dir, form, nbits))
+            check_trained_on(payload, base.dataset, data.split.seed, checkpoint_name(form, nbits))
+            model = model_from_payload(payload)
             if model.config.nbits != nbits:
                 raise ValueError(f"{checkpoint_name(form, nbits)} holds a {model.config.nbits}-bit model")
             models.append((form, nbits, model))

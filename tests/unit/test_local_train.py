@@ -1,5 +1,7 @@
 """A few real training steps on real Fashion-MNIST images, end to end through evaluation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,13 @@ def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, 
     assert [r.method for r in rows][-1] == "QaDWH"
     with pytest.raises(FileNotFoundError, match="ninh-8.pt"):
         evaluate_checkpoints(str(tmp_path), [8], ["plain"], cfg, log=lambda *_: None)
+    # A model trained on another split or dataset is refused, not silently ranked.
+    with pytest.raises(ValueError, match="split_seed=0 but this evaluation uses split_seed=3"):
+        evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None,
+                             data=dataclasses.replace(small_data, split=dataclasses.replace(small_data.split, seed=3)))
+    with pytest.raises(ValueError, match="--set dataset=fashion"):
+        evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg.replace(dataset="fashion-multilabel"), log=lambda *_: None,
+                             data=small_data)
 
 
 def test_a_12_bit_model_trains_and_validates(tmp_path):
