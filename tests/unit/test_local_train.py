@@ -95,7 +95,7 @@ def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, 
     with pytest.raises(ValueError, match="split_seed=0 but this evaluation uses split_seed=3"):
         evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None,
                              data=dataclasses.replace(small_data, split=dataclasses.replace(small_data.split, seed=3)))
-    with pytest.raises(ValueError, match="--set dataset=fashion"):
+    with pytest.raises(ValueError, match=r"dataset=.fashion-multilabel.; evaluate it with --set dataset=fashion$"):
         evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg.replace(dataset="fashion-multilabel"), log=lambda *_: None,
                              data=small_data)
 
