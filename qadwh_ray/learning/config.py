@@ -46,6 +46,10 @@ class TrainConfig:
     # keeps its weight against λ L_cls as training satisfies most triplets
     triplet_average: str = "all"
     weight_norm: bool = True  # keep each class row of W at mean 1 (see docs/results.md)
+    # share s of the uniform weight 1 in the triplet loss's weight rows, (1 - s) W_a + s:
+    # the loss becomes (1 - s) D_w + s D_plain, so the codes also rank well under equal
+    # weights (the DWH/plain-Hamming ablation); 0 is the paper's loss (docs/results.md)
+    uniform_weight_share: float = 0.0
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -98,6 +102,10 @@ class TrainConfig:
             raise ValueError(f"erase_probability must be in [0, 1], got {self.erase_probability}")
         if self.erase_probability and not self.augment:
             raise ValueError("erase_probability needs augment: true (erasing is part of the training augmentation)")
+        if not 0 <= self.uniform_weight_share <= 1:
+            raise ValueError(f"uniform_weight_share must be in [0, 1], got {self.uniform_weight_share}")
+        if self.uniform_weight_share and self.triplet_form == "plain":
+            raise ValueError("uniform_weight_share applies to the weighted forms; triplet_form plain has no weights to mix")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.worker_resources is not None:

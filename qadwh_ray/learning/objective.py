@@ -80,7 +80,10 @@ def batch_objective(
     if cfg.triplet_form == "plain":
         per_triplet = triplet_loss(h_all, a, p, n, margin=cfg.margin, reduction="none")
     else:
-        rows, _ = gather.all_gather(class_weight_rows(labels, W))
+        rows = class_weight_rows(labels, W)
+        if cfg.uniform_weight_share:
+            rows = (1 - cfg.uniform_weight_share) * rows + cfg.uniform_weight_share
+        rows, _ = gather.all_gather(rows)
         per_triplet = weighted_triplet_loss(
             h_all, rows, a, p, n, margin=cfg.margin, form=cfg.triplet_form, reduction="none"
         )

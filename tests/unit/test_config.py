@@ -18,7 +18,9 @@ def test_yaml_and_overrides(tmp_path):
      ("lr_schedule: linear\n", "unknown lr_schedule 'linear'"),
      ("triplet_average: hardest\n", "unknown triplet_average 'hardest'"),
      ("erase_probability: 1.5\n", "erase_probability must be in"),
-     ("augment: false\nerase_probability: 0.5\n", "erase_probability needs augment")],
+     ("augment: false\nerase_probability: 0.5\n", "erase_probability needs augment"),
+     ("uniform_weight_share: -0.1\n", "uniform_weight_share must be in"),
+     ("triplet_form: plain\nuniform_weight_share: 0.5\n", "has no weights to mix")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
     path = tmp_path / "c.yaml"

@@ -119,6 +119,30 @@ def test_active_average_is_the_mean_over_margin_violating_triplets():
     assert everything.triplet == pytest.approx(float(per.mean()), rel=1e-12)
 
 
+def test_uniform_weight_share_mixes_weighted_and_plain_distances():
+    from qadwh_ray.core.losses import weighted_triplet_loss
+    from qadwh_ray.core.triplets import all_valid_triplets
+    from qadwh_ray.core.weights import class_weight_rows
+
+    x, labels = _batch()
+    model = _model(spread_codes=True)
+    out = model(x.double())
+    a, p, n = all_valid_triplets(labels.numpy().astype(np.uint8))
+    rows = class_weight_rows(labels.double(), model.W).detach()
+    h = out.h.detach()
+
+    def brute(share):  # (1 - s) D_w + s D_plain, anchor row on both distances
+        d = lambda i, j: ((1 - share) * rows[i] + share) @ (h[i] - h[j]) ** 2  # noqa: E731
+        return np.mean([max(0.0, 0.05 + float(d(i, j) - d(i, k))) for i, j, k in zip(a, p, n)])
+
+    for share in (0.0, 0.3, 1.0):
+        cfg = TrainConfig(triplet_form="paper", margin=0.05, uniform_weight_share=share)
+        parts = batch_objective(out, labels, model.W, cfg, np.random.default_rng(0))
+        assert parts.triplet == pytest.approx(brute(share), rel=1e-9)
+    plain = weighted_triplet_loss(h, torch.ones_like(h), a, p, n, margin=0.05)
+    assert brute(1.0) == pytest.approx(float(plain), rel=1e-9)
+
+
 def test_unknown_triplet_average_is_refused():
     with pytest.raises(ValueError, match="triplet_average"):
         TrainConfig(triplet_average="hardest")
