@@ -1,5 +1,7 @@
 """Encoder throughput by forward-pass chunk size: ``qadwh_ray.model.encode``'s CPU
-default (``CPU_CHUNK``) against the old fixed 1,024 and the sizes around it.
+default (``CPU_CHUNK``) against the old fixed 1,024 and the sizes around it; and by
+weight layout: the channels-last model that ``load_checkpoint`` returns against
+the same model in the contiguous (NCHW) layout, both at the default chunk.
 
 In one process, on the same images (real Fashion-MNIST, then deterministic
 augmentations) and the same checkpoint, for each torch thread count, the chunk
@@ -8,7 +10,8 @@ machine is shared). The codes of every chunk size are compared with the
 default's: the chunk size must not change a single bit.
 
 Prints one JSON object as its last line; ``default_vs_1024_threads_<t>`` is
-images/s at the default chunk ÷ images/s at 1,024. Example::
+images/s at the default chunk ÷ images/s at 1,024, and
+``channels_last_vs_contiguous_threads_<t>`` the layout ratio. Example::
 
     python benchmarks/encode_bench.py --checkpoint runs/qadwh48/model.pt --images 8192 --rounds 3
 """
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
 
+    import copy
+
     import torch
 
     from qadwh_ray.indexing.sources import fashion_augmented_images
@@ -48,11 +53,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         torch.manual_seed(0)
         model, name = build_model(ModelConfig(nbits=48)), "compact-48bit (untrained)"
+        model = model.to(memory_format=torch.channels_last).eval()  # as load_checkpoint returns it
+    contiguous = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     # the middle of the fashion-augmented database: augmented images, as most of a large one
     images, _ = fashion_augmented_images(np.arange(70_000, 70_000 + args.images))
     chunks = sorted({int(c) for c in args.chunks.split(",")} | {CPU_CHUNK, 1024})
     result: dict = {"benchmark": "encode_chunk", "model": name, "images": args.images, "default_chunk": CPU_CHUNK,
-                    "rounds": args.rounds, "images_per_s": {}}
+                    "rounds": args.rounds, "images_per_s": {},
+                    "images_per_s_by_layout": {}, "layout_rows_differing": 0}
     reference = encode(model, images).codes
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -67,7 +75,20 @@ def main(argv: list[str] | None = None) -> dict:
                     raise SystemExit(f"chunk {c} changed the codes ({int((codes != reference).any(1).sum())} rows differ)")
         result["images_per_s"][str(threads)] = {str(c): round(v, 1) for c, v in best.items()}
         result[f"default_vs_1024_threads_{threads}"] = round(best[CPU_CHUNK] / best[1024], 3)
-        print(f"threads {threads}: " + ", ".join(f"{c}: {v:.0f}/s" for c, v in best.items()), file=sys.stderr, flush=True)
+        layout = {"channels_last": 0.0, "contiguous": 0.0}
+        for _ in range(args.rounds):
+            for kind, net in (("channels_last", model), ("contiguous", contiguous)):
+                encode(net, images[:CPU_CHUNK])  # warm this layout
+                t = time.perf_counter()
+                codes = encode(net, images).codes
+                layout[kind] = max(layout[kind], args.images / (time.perf_counter() - t))
+                differing = int((codes != reference).any(1).sum())
+                result["layout_rows_differing"] = max(result["layout_rows_differing"], differing)
+        result["images_per_s_by_layout"][str(threads)] = {k: round(v, 1) for k, v in layout.items()}
+        result[f"channels_last_vs_contiguous_threads_{threads}"] = round(layout["channels_last"] / layout["contiguous"], 3)
+        print(f"threads {threads}: " + ", ".join(f"{c}: {v:.0f}/s" for c, v in best.items())
+              + f"; channels-last {layout['channels_last']:.0f}/s vs contiguous {layout['contiguous']:.0f}/s",
+              file=sys.stderr, flush=True)
     result["codes_identical_across_chunks"] = True
     result["host"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                       "python": platform.python_version(), "torch": torch.__version__}

@@ -85,6 +85,9 @@ def test_checkpoint_round_trip_rebuilds_the_exact_network(tmp_path):
     digest = save_checkpoint(uri, model, step=7)
     again = load_checkpoint(uri)
     assert again.config == model.config
+    # loaded for inference in the faster channels-last layout: same network, same outputs
+    convs = [m.weight for m in again.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(again(x).h, model(x).h)
