@@ -139,8 +139,8 @@ def model_sets(checkpoint, n, nq, seed, batch_size, cache_dir=None):
     """Codes of real + augmented Fashion-MNIST images from a trained checkpoint: the
     70,000 real images, then whole augmented copies (seeds 1, 2, ...), cut at ``n``.
 
-    Encoding is the slow part on a CPU (~2,000 images/s for the compact CNN on 2
-    cores: ~85 min for 10M), so with ``cache_dir`` every copy's codes are kept as
+    Encoding is the slow part on a CPU (~2,900 images/s for the compact CNN on 2
+    cores: ~57 min for 10M), so with ``cache_dir`` every copy's codes are kept as
     one file under the checkpoint's digest as soon as it is encoded: an interrupted
     run resumes where it stopped, and a 1M and a 10M run share their first copies."""
     from tqdm import tqdm
