@@ -77,7 +77,7 @@ def load_payload(uri: str) -> dict:
 def model_from_payload(payload: dict) -> HashingNetwork:
     model = HashingNetwork(ModelConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
-    # Channels-last conv weights make oneDNN's CPU convolutions and max-pooling ~1.5x
+    # Channels-last conv weights make oneDNN's CPU convolutions and max-pooling 1.3-1.75x
     # faster for inference (benchmarks/encode_bench.py); same values, same codes there.
     return model.to(memory_format=torch.channels_last).eval()
 
