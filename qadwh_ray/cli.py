@@ -80,8 +80,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from qadwh_ray.learning.evaluate import format_table
 
     cfg = load_config(args.config, args.set)
+    flip = {"on": True, "off": False, "checkpoint": None}[args.flip_average]
     rows = evaluate_checkpoints(args.checkpoints, args.bits, args.forms.split(","), cfg, out_dir=args.out,
-                                export_dir=args.export)
+                                export_dir=args.export, flip_average=flip)
     print(format_table(rows))
     for line in summarize_order(rows):
         print(line)
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forms", default="plain,paper,reference")
     p.add_argument("--out", default="runs/evaluate")
     p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
+    p.add_argument("--flip-average", choices=("checkpoint", "on", "off"), default="checkpoint",
+                   help="encode as the mean over each image and its mirror: as the checkpoint says, or on / off")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", help="the main job: train (Ray Train), evaluate, index (Ray Data), serve (Ray Serve)")

@@ -144,9 +144,12 @@ def check_trained_on(payload: dict, dataset: str, split_seed: int, name: str) ->
 
 def evaluate_checkpoints(
     checkpoint_dir: str, bits: list[int], forms: list[str], base: TrainConfig, out_dir: str | None = None,
-    export_dir: str | None = None, log=print, data: RetrievalData | None = None,
+    export_dir: str | None = None, log=print, data: RetrievalData | None = None, flip_average: bool | None = None,
 ) -> list[RankingMetrics]:
-    """The ablation table from the models in ``checkpoint_dir`` (see :func:`model_checkpoint`)."""
+    """The ablation table from the models in ``checkpoint_dir`` (see :func:`model_checkpoint`).
+
+    ``flip_average`` (True / False) overrides the checkpoints' own encoding setting
+    (:class:`~qadwh_ray.model.config.ModelConfig`); None keeps it."""
     data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
     log(data.summary())
     models = []
@@ -154,6 +157,8 @@ def evaluate_checkpoints(
         for form in forms:
             payload = load_payload(model_checkpoint(checkpoint_dir, form, nbits))
             check_trained_on(payload, base.dataset, data.split.seed, checkpoint_name(form, nbits))
+            if flip_average is not None:
+                payload["model_config"] = {**payload["model_config"], "flip_average": flip_average}
             model = model_from_payload(payload)
             if model.config.nbits != nbits:
                 raise ValueError(f"{checkpoint_name(form, nbits)} holds a {model.config.nbits}-bit model")

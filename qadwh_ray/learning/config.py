@@ -35,6 +35,7 @@ class TrainConfig:
     pretrained: str | None = None
     image_size: int = 28
     class_input: str = "features"  # features (the paper's two streams) | codes: the classifier reads h
+    flip_average: bool = False  # encode as the mean over the image and its mirror (ModelConfig)
     # objective: L = L_tri + λ L_cls (eq. 10, 11)
     triplet_form: str = "paper"  # paper | reference | plain (NINH: W ≡ 1, frozen)
     margin: float = 2.0
@@ -130,7 +131,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         size = 56 if self.dataset == "fashion-multilabel" and self.image_size == 28 else self.image_size
         return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=self.num_classes, image_size=size,
-                           class_input=self.class_input)
+                           class_input=self.class_input, flip_average=self.flip_average)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,7 +13,7 @@ import torch
 
 from qadwh_ray.core.bits import code_bytes, pack_bits
 from qadwh_ray.data.transforms import resize, to_float_tensor
-from qadwh_ray.model.network import HashingNetwork
+from qadwh_ray.model.network import HashingNetwork, HashOutput
 
 
 # Images per forward pass when the caller does not choose. On CPU a small chunk
@@ -56,6 +56,20 @@ def preprocess(model: HashingNetwork, images: np.ndarray) -> torch.Tensor:
     return x
 
 
+def _flip_averaged(model: HashingNetwork, x: torch.Tensor) -> HashOutput:
+    """The network's outputs on ``x`` and its horizontal mirror, averaged in one
+    forward pass. The logits returned are the log of the mean class probabilities,
+    so ``query_weights`` (a softmax of them) weights by the mean probabilities."""
+    both = model(torch.cat([x, x.flip(-1)]))
+    n = x.shape[0]
+    probs = torch.softmax(both.logits, dim=1)
+    return HashOutput(
+        features=(both.features[:n] + both.features[n:]) / 2,
+        h=(both.h[:n] + both.h[n:]) / 2,
+        logits=torch.log((probs[:n] + probs[n:]) / 2),
+    )
+
+
 @torch.inference_mode()
 def encode(
     model: HashingNetwork,
@@ -76,7 +90,7 @@ def encode(
     codes, weights, logits, feats = [], [], [], []
     for start in range(0, len(images), batch_size):
         x = preprocess(model, images[start : start + batch_size]).to(device)
-        out = model(x)
+        out = _flip_averaged(model, x) if model.config.flip_average else model(x)
         codes.append(pack_bits((out.h >= 0.5).cpu().numpy()))
         weights.append(model.query_weights(out.logits).float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())

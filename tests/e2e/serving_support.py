@@ -147,7 +147,9 @@ def deploy(args: dict, name: str, route_prefix: str = "/") -> str:
     return base
 
 
-def wait_ready(base: str, timeout: float = 60.0) -> dict:
+def wait_ready(base: str, timeout: float = 120.0) -> dict:
+    # 120 s: on a 2-core machine shared with a training job, replicas and the
+    # proxy take well over a minute to start; a quiet machine needs ~10 s
     end = time.monotonic() + timeout
     last = None
     while time.monotonic() < end:

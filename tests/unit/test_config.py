@@ -9,6 +9,7 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(str(path), ["epochs=3", "lr=1", "pretrained=null"])
     assert (cfg.nbits, cfg.lr, cfg.epochs, cfg.triplet_form, cfg.pretrained) == (32, 1.0, 3, "reference", None)
     assert isinstance(cfg.lr, float)
+    assert load_config(str(path), ["flip_average=true"]).model_config().flip_average  # reaches the checkpoint
 
 
 @pytest.mark.parametrize(

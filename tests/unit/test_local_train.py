@@ -89,6 +89,15 @@ def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, 
     monkeypatch.setattr("qadwh_ray.learning.ablation.load_retrieval_data", lambda *a, **k: small_data)
     rows = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None)
     assert [r.method for r in rows][-1] == "QaDWH"
+    # --flip-average on: the same rankings as the model whose own config says so
+    from qadwh_ray.learning.ablation import evaluate_models
+    from qadwh_ray.model.checkpoint import load_checkpoint
+
+    flipped = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None, flip_average=True)
+    model = load_checkpoint(str(tmp_path / "qadwh-8.pt"))
+    model.config = dataclasses.replace(model.config, flip_average=True)
+    expect = evaluate_models([("paper", 8, model)], small_data, log=lambda *_: None)
+    assert [r.map_all for r in flipped] == [r.map_all for r in expect]
     with pytest.raises(FileNotFoundError, match="ninh-8.pt"):
         evaluate_checkpoints(str(tmp_path), [8], ["plain"], cfg, log=lambda *_: None)
     # A model trained on another split or dataset is refused, not silently ranked.

@@ -126,3 +126,31 @@ def test_encode_default_chunk_matches_explicit_chunks_and_rejects_bad_sizes():
     np.testing.assert_array_equal(encode(model, images).codes, encode(model, images, batch_size=1000).codes)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         encode(model, images, batch_size=0)
+
+
+def test_flip_average_encodes_the_mean_over_image_and_mirror_and_round_trips(tmp_path):
+    from qadwh_ray.core.bits import pack_bits
+    from qadwh_ray.model.encode import preprocess
+
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(nbits=16, num_classes=10)).eval()
+    uri = str(tmp_path / "model.pt")
+    save_checkpoint(uri, build_model(ModelConfig(nbits=16, num_classes=10, flip_average=True)))
+    flipping = load_checkpoint(uri)
+    assert flipping.config.flip_average
+    flipping.load_state_dict(plain.state_dict())
+    images = np.random.default_rng(2).integers(0, 256, size=(9, 28, 28), dtype=np.uint8)
+    got = encode(flipping, images, batch_size=4, with_features=True)
+    with torch.no_grad():  # brute force: two separate forward passes, averaged by hand
+        x = preprocess(plain, images)
+        a, b = plain(x), plain(torch.flip(x, dims=[3]))
+        h = ((a.h + b.h) / 2).numpy()
+        probs = ((torch.softmax(a.logits, 1) + torch.softmax(b.logits, 1)) / 2).numpy()
+    np.testing.assert_array_equal(got.codes, pack_bits(h >= 0.5))
+    np.testing.assert_allclose(got.qadwh_weights, probs @ plain.W.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.features, ((a.features + b.features) / 2).numpy(), rtol=1e-5, atol=1e-6)
+    # a mirror-symmetric image encodes as it does without averaging
+    sym = np.concatenate([images[:, :, :14], images[:, :, :14][:, :, ::-1]], axis=2)
+    np.testing.assert_array_equal(encode(flipping, sym).codes, encode(plain, sym).codes)
+    with pytest.raises(ValueError, match="flip_average must be true or false"):
+        ModelConfig(flip_average="yes")
