@@ -1,7 +1,8 @@
 """Encoder throughput by forward-pass chunk size: ``qadwh_ray.model.encode``'s CPU
 default (``CPU_CHUNK``) against the old fixed 1,024 and the sizes around it; and by
 weight layout: the channels-last model that ``load_checkpoint`` returns against
-the same model in the contiguous (NCHW) layout, both at the default chunk.
+the same model in the contiguous (NCHW) layout, both at the default chunk; and
+the cost of ``flip_average`` (each image and its mirror in one forward pass).
 
 In one process, on the same images (real Fashion-MNIST, then deterministic
 augmentations) and the same checkpoint, for each torch thread count, the chunk
@@ -11,7 +12,8 @@ default's: the chunk size must not change a single bit.
 
 Prints one JSON object as its last line; ``default_vs_1024_threads_<t>`` is
 images/s at the default chunk ÷ images/s at 1,024, and
-``channels_last_vs_contiguous_threads_<t>`` the layout ratio. Example::
+``channels_last_vs_contiguous_threads_<t>`` the layout ratio,
+``flip_average_vs_single_threads_<t>`` flip-averaged ÷ single-view images/s. Example::
 
     python benchmarks/encode_bench.py --checkpoint runs/qadwh48/model.pt --images 8192 --rounds 3
 """
@@ -75,17 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
                     raise SystemExit(f"chunk {c} changed the codes ({int((codes != reference).any(1).sum())} rows differ)")
         result["images_per_s"][str(threads)] = {str(c): round(v, 1) for c, v in best.items()}
         result[f"default_vs_1024_threads_{threads}"] = round(best[CPU_CHUNK] / best[1024], 3)
-        layout = {"channels_last": 0.0, "contiguous": 0.0}
+        layout = {"channels_last": 0.0, "contiguous": 0.0, "flip_average": 0.0}
+        variants = (("channels_last", model, False), ("contiguous", contiguous, False), ("flip_average", model, True))
         for _ in range(args.rounds):
-            for kind, net in (("channels_last", model), ("contiguous", contiguous)):
-                encode(net, images[:CPU_CHUNK])  # warm this layout
+            for kind, net, flip in variants:
+                encode(net, images[:CPU_CHUNK], flip_average=flip)  # warm this variant
                 t = time.perf_counter()
-                codes = encode(net, images).codes
+                codes = encode(net, images, flip_average=flip).codes
                 layout[kind] = max(layout[kind], args.images / (time.perf_counter() - t))
-                differing = int((codes != reference).any(1).sum())
-                result["layout_rows_differing"] = max(result["layout_rows_differing"], differing)
+                if not flip:  # flip averaging changes codes by design
+                    differing = int((codes != reference).any(1).sum())
+                    result["layout_rows_differing"] = max(result["layout_rows_differing"], differing)
         result["images_per_s_by_layout"][str(threads)] = {k: round(v, 1) for k, v in layout.items()}
         result[f"channels_last_vs_contiguous_threads_{threads}"] = round(layout["channels_last"] / layout["contiguous"], 3)
+        result[f"flip_average_vs_single_threads_{threads}"] = round(layout["flip_average"] / layout["channels_last"], 3)
         print(f"threads {threads}: " + ", ".join(f"{c}: {v:.0f}/s" for c, v in best.items())
               + f"; channels-last {layout['channels_last']:.0f}/s vs contiguous {layout['contiguous']:.0f}/s",
               file=sys.stderr, flush=True)

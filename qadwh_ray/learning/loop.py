@@ -70,10 +70,13 @@ def validation_map(
     db_labels: np.ndarray,
     weighted: bool = True,
 ) -> float:
-    """MAP of held-out training images against the rest of the training set."""
+    """MAP of held-out training images against the rest of the training set.
+
+    Encoded without flip averaging even where the model's config asks for it:
+    this is a per-epoch screen, and averaging would double its cost."""
     net = unwrap(model)
-    q = encode(net, query_images)
-    d = encode(net, db_images)
+    q = encode(net, query_images, flip_average=False)
+    d = encode(net, db_images, flip_average=False)
     if weighted:
         # a code length that is not whole bytes (12 bits) pads with zero bits: weight 0
         w = pad_weights(q.qadwh_weights.astype(np.float64), q.codes.shape[1])

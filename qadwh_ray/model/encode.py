@@ -77,20 +77,22 @@ def encode(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     with_features: bool = False,
+    flip_average: bool | None = None,
 ) -> EncodeResult:
     """``batch_size``: images per forward pass (default: :func:`default_chunk`); it
-    does not change the result."""
+    does not change the result. ``flip_average``: None follows the model's config."""
     if device is None:
         device = next(model.parameters()).device
     if batch_size is None:
         batch_size = default_chunk(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    flip = model.config.flip_average if flip_average is None else flip_average
     model.eval()
     codes, weights, logits, feats = [], [], [], []
     for start in range(0, len(images), batch_size):
         x = preprocess(model, images[start : start + batch_size]).to(device)
-        out = _flip_averaged(model, x) if model.config.flip_average else model(x)
+        out = _flip_averaged(model, x) if flip else model(x)
         codes.append(pack_bits((out.h >= 0.5).cpu().numpy()))
         weights.append(model.query_weights(out.logits).float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())

@@ -149,6 +149,8 @@ def test_flip_average_encodes_the_mean_over_image_and_mirror_and_round_trips(tmp
     np.testing.assert_array_equal(got.codes, pack_bits(h >= 0.5))
     np.testing.assert_allclose(got.qadwh_weights, probs @ plain.W.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.features, ((a.features + b.features) / 2).numpy(), rtol=1e-5, atol=1e-6)
+    # an explicit flip_average=False (validation MAP's screen) overrides the config
+    np.testing.assert_array_equal(encode(flipping, images, flip_average=False).codes, encode(plain, images).codes)
     # a mirror-symmetric image encodes as it does without averaging
     sym = np.concatenate([images[:, :, :14], images[:, :, :14][:, :, ::-1]], axis=2)
     np.testing.assert_array_equal(encode(flipping, sym).codes, encode(plain, sym).codes)
