@@ -83,11 +83,12 @@ def encode(
     does not change the result. ``flip_average``: None follows the model's config."""
     if device is None:
         device = next(model.parameters()).device
+    flip = model.config.flip_average if flip_average is None else flip_average
     if batch_size is None:
-        batch_size = default_chunk(device)
+        # flip averaging runs each chunk twice in one pass: halve it to keep the pass's size
+        batch_size = max(1, default_chunk(device) // (2 if flip else 1))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    flip = model.config.flip_average if flip_average is None else flip_average
     model.eval()
     codes, weights, logits, feats = [], [], [], []
     for start in range(0, len(images), batch_size):
