@@ -6,6 +6,7 @@ code and a query code of the same image are the same bytes everywhere.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,11 +63,13 @@ def _flip_averaged(model: HashingNetwork, x: torch.Tensor) -> HashOutput:
     so ``query_weights`` (a softmax of them) weights by the mean probabilities."""
     both = model(torch.cat([x, x.flip(-1)]))
     n = x.shape[0]
-    probs = torch.softmax(both.logits, dim=1)
+    log_probs = torch.log_softmax(both.logits, dim=1)
+    # log of the mean probability, in log space: finite even where a probability underflows
+    mean_log_probs = torch.logaddexp(log_probs[:n], log_probs[n:]) - math.log(2.0)
     return HashOutput(
         features=(both.features[:n] + both.features[n:]) / 2,
         h=(both.h[:n] + both.h[n:]) / 2,
-        logits=torch.log((probs[:n] + probs[n:]) / 2),
+        logits=mean_log_probs,
     )
 
 
@@ -79,8 +82,9 @@ def encode(
     with_features: bool = False,
     flip_average: bool | None = None,
 ) -> EncodeResult:
-    """``batch_size``: images per forward pass (default: :func:`default_chunk`); it
-    does not change the result. ``flip_average``: None follows the model's config."""
+    """``batch_size``: images per forward pass (default: :func:`default_chunk`; with
+    flip averaging a pass holds them and their mirrors, and the default is halved);
+    it does not change the result. ``flip_average``: None follows the model's config."""
     if device is None:
         device = next(model.parameters()).device
     flip = model.config.flip_average if flip_average is None else flip_average
