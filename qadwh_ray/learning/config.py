@@ -78,6 +78,8 @@ class TrainConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         check_code_length(self.nbits)
+        if not isinstance(self.flip_average, bool):  # fail at load, not when the model is built
+            raise ValueError(f"flip_average must be true or false, got {self.flip_average!r}")
         if self.class_input not in CLASS_INPUTS:
             raise ValueError(f"unknown class_input {self.class_input!r}; choose one of {', '.join(CLASS_INPUTS)}")
         if self.triplet_form not in TRIPLET_FORMS:

@@ -21,7 +21,8 @@ def test_yaml_and_overrides(tmp_path):
      ("erase_probability: 1.5\n", "erase_probability must be in"),
      ("augment: false\nerase_probability: 0.5\n", "erase_probability needs augment"),
      ("uniform_weight_share: -0.1\n", "uniform_weight_share must be in"),
-     ("triplet_form: plain\nuniform_weight_share: 0.5\n", "has no weights to mix")],
+     ("triplet_form: plain\nuniform_weight_share: 0.5\n", "has no weights to mix"),
+     ('flip_average: "maybe"\n', "flip_average must be true or false")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
     path = tmp_path / "c.yaml"
