@@ -51,6 +51,9 @@ class TrainConfig:
     # the loss becomes (1 - s) D_w + s D_plain, so the codes also rank well under equal
     # weights (the DWH/plain-Hamming ablation); 0 is the paper's loss (docs/results.md)
     uniform_weight_share: float = 0.0
+    # keep W ≡ 1 (frozen) for the first this many epochs: the codes first learn as NINH's
+    # do, then W and the codes adapt together; 0 is the paper's joint training throughout
+    weight_warmup_epochs: int = 0
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -109,6 +112,13 @@ class TrainConfig:
             raise ValueError(f"uniform_weight_share must be in [0, 1], got {self.uniform_weight_share}")
         if self.uniform_weight_share and self.triplet_form == "plain":
             raise ValueError("uniform_weight_share applies to the weighted forms; triplet_form plain has no weights to mix")
+        if isinstance(self.weight_warmup_epochs, bool) or not isinstance(self.weight_warmup_epochs, int) \
+                or not 0 <= self.weight_warmup_epochs < self.epochs:
+            raise ValueError(
+                f"weight_warmup_epochs must be an integer in [0, epochs={self.epochs}), got {self.weight_warmup_epochs!r}"
+            )
+        if self.weight_warmup_epochs and self.triplet_form == "plain":
+            raise ValueError("weight_warmup_epochs applies to the weighted forms; triplet_form plain never trains W")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.worker_resources is not None:

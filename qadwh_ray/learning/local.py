@@ -59,7 +59,7 @@ def train_local(
                 x = train_augment(x, aug_gen, erase=cfg.erase_probability)
             if x.shape[-1] != mc.image_size:
                 x = resize(x, mc.image_size)
-            parts = train_step(model, optimizer, x, y_all[idx], cfg, rng)
+            parts = train_step(model, optimizer, x, y_all[idx], cfg, rng, epoch=epoch)
             sums["loss"] += float(parts.total.detach())
             sums["triplet"] += parts.triplet
             sums["classification"] += parts.classification

@@ -49,13 +49,21 @@ def train_step(
     cfg: TrainConfig,
     rng: np.random.Generator,
     gather: Gather | None = None,
+    epoch: int = 0,
 ) -> LossParts:
-    """Forward, joint loss, backward, update, then keep W feasible."""
+    """Forward, joint loss, backward, update, then keep W feasible.
+
+    ``epoch`` (0-based) decides whether W is still in its warm-up
+    (``cfg.weight_warmup_epochs``): then its gradient is dropped, so the
+    optimiser leaves it at its initial 1s and the loss is NINH's."""
     model.train()
     out = model(x)
-    parts = batch_objective(out, labels, unwrap(model).W, cfg, rng, gather)
+    W = unwrap(model).W
+    parts = batch_objective(out, labels, W, cfg, rng, gather)
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
+    if epoch < cfg.weight_warmup_epochs:
+        W.grad = None  # the optimisers skip a parameter without a gradient
     optimizer.step()
     if cfg.triplet_form != "plain":
         project_weights_(unwrap(model).W, cfg.weight_norm)

@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict) -> dict:
             x = train_augment(x, aug_gen, erase=cfg.erase_probability)
         if x.shape[-1] != mc.image_size:
             x = resize(x, mc.image_size)
-        parts = train_step(model, optimizer, x, batch.labels, cfg, rng, gather)
+        parts = train_step(model, optimizer, x, batch.labels, cfg, rng, gather, epoch=plan.epoch_of(step))
         sums["loss"] += float(parts.total.detach()) / world  # Σ over ranks = the global batch's loss
         sums["triplet"] += parts.triplet
         sums["classification"] += parts.classification

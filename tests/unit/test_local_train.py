@@ -55,6 +55,29 @@ def test_ninh_keeps_W_frozen_at_one(small_data):
     assert torch.equal(result.model.W.detach(), torch.ones(10, 8))
 
 
+def test_weight_warmup_keeps_W_at_one_then_learns_it(small_data):
+    from qadwh_ray.data.transforms import to_float_tensor
+    from qadwh_ray.learning.loop import make_optimizer, train_step
+    from qadwh_ray.model.network import build_model
+
+    cfg = TrainConfig(nbits=8, epochs=3, weight_warmup_epochs=2, classes_per_batch=4, images_per_class=4)
+    model = build_model(cfg.model_config())
+    optimizer = make_optimizer(model, cfg)
+    idx = np.concatenate([np.flatnonzero(small_data.train_labels[:, c])[:4] for c in range(4)])
+    x = to_float_tensor(small_data.train_images[idx], mean=model.config.mean, std=model.config.std)
+    y = torch.as_tensor(small_data.train_labels[idx], dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    head = [p for n, p in model.named_parameters() if n != "W"][-1]
+    before = head.detach().clone()
+    for epoch in (0, 1):  # warm-up: the network learns, W stays at its 1s (the loss is NINH's)
+        train_step(model, optimizer, x, y, cfg, rng, epoch=epoch)
+        assert torch.equal(model.W.detach(), torch.ones(10, 8))
+    assert not torch.equal(head.detach(), before)
+    train_step(model, optimizer, x, y, cfg, rng, epoch=2)  # after it: W is learned, still feasible
+    W = model.W.detach()
+    assert not torch.equal(W, torch.ones(10, 8)) and torch.allclose(W.mean(1), torch.ones(10))
+
+
 def test_ablation_table_has_every_ranking(small_data, tmp_path):
     cfg = TrainConfig(epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4)
     rows, runs = run_ablation(cfg, [8], ["plain", "paper", "reference"], out_dir=str(tmp_path), progress=False,
