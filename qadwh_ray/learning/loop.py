@@ -66,7 +66,7 @@ def train_step(
         W.grad = None  # the optimisers skip a parameter without a gradient
     optimizer.step()
     if cfg.triplet_form != "plain":
-        project_weights_(unwrap(model).W, cfg.weight_norm)
+        project_weights_(W, cfg.weight_norm)
     return parts
 
 
