@@ -52,7 +52,9 @@ class TrainConfig:
     # weights (the DWH/plain-Hamming ablation); 0 is the paper's loss (docs/results.md)
     uniform_weight_share: float = 0.0
     # keep W ≡ 1 (frozen) for the first this many epochs: the codes first learn as NINH's
-    # do, then W and the codes adapt together; 0 is the paper's joint training throughout
+    # do, then W and the codes adapt together; 0 is the paper's joint training throughout.
+    # Allowed with triplet_form plain (W is frozen there anyway), so one config serves
+    # every method of the ablation
     weight_warmup_epochs: int = 0
     # optimisation
     optimizer: str = "adam"
@@ -117,8 +119,6 @@ class TrainConfig:
             raise ValueError(
                 f"weight_warmup_epochs must be an integer in [0, epochs={self.epochs}), got {self.weight_warmup_epochs!r}"
             )
-        if self.weight_warmup_epochs and self.triplet_form == "plain":
-            raise ValueError("weight_warmup_epochs applies to the weighted forms; triplet_form plain never trains W")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.worker_resources is not None:
