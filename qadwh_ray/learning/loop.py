@@ -49,13 +49,15 @@ def train_step(
     cfg: TrainConfig,
     rng: np.random.Generator,
     gather: Gather | None = None,
-    epoch: int = 0,
+    *,
+    epoch: int,
 ) -> LossParts:
     """Forward, joint loss, backward, update, then keep W feasible.
 
     ``epoch`` (0-based) decides whether W is still in its warm-up
     (``cfg.weight_warmup_epochs``): then its gradient is dropped, so the
-    optimiser leaves it at its initial 1s and the loss is NINH's."""
+    optimiser leaves it at its initial 1s and the loss is NINH's. Required,
+    not defaulted: a caller that forgot it would freeze W for good."""
     model.train()
     out = model(x)
     W = unwrap(model).W

@@ -89,7 +89,7 @@ def test_two_workers_take_the_same_step_as_one_process_on_the_global_batch(ray_c
     idx = next(iter(sampler))
     x = to_float_tensor(small_data.train_images[idx], mean=net.config.mean, std=net.config.std)
     y = torch.as_tensor(small_data.train_labels[idx], dtype=torch.float32)
-    parts = train_step(_TwoWorkerForward(net), optimizer, x, y, cfg, np.random.default_rng(0))
+    parts = train_step(_TwoWorkerForward(net), optimizer, x, y, cfg, np.random.default_rng(0), epoch=0)
     assert parts.num_triplets > 0
 
     for (name, p), (_, q) in zip(net.named_parameters(), distributed.named_parameters()):
