@@ -56,6 +56,9 @@ class TrainConfig:
     # Allowed with triplet_form plain (W is frozen there anyway), so one config serves
     # every method of the ablation
     weight_warmup_epochs: int = 0
+    # W's learning rate as a multiple of lr (same schedule): after a warm-up, W has only
+    # the low end of the schedule left to move in (docs/results.md); 1 = one rate for all
+    weight_lr_scale: float = 1.0
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -119,6 +122,9 @@ class TrainConfig:
             raise ValueError(
                 f"weight_warmup_epochs must be an integer in [0, epochs={self.epochs}), got {self.weight_warmup_epochs!r}"
             )
+        if isinstance(self.weight_lr_scale, bool) or not isinstance(self.weight_lr_scale, (int, float)) \
+                or not self.weight_lr_scale > 0:
+            raise ValueError(f"weight_lr_scale must be a positive number, got {self.weight_lr_scale!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.worker_resources is not None:

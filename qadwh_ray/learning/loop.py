@@ -20,14 +20,15 @@ def unwrap(model: torch.nn.Module) -> HashingNetwork:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """W gets no weight decay: its scale is fixed by the projection, not by decay."""
+    """W gets no weight decay (its scale is fixed by the projection, not by decay) and
+    its own rate, ``lr × weight_lr_scale``; the schedule scales both groups alike."""
     net = unwrap(model)
     if cfg.triplet_form == "plain":
         net.W.requires_grad_(False)  # NINH: every bit weighs 1, frozen
     decayed = [p for name, p in net.named_parameters() if p.requires_grad and name != "W"]
     groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
     if net.W.requires_grad:
-        groups.append({"params": [net.W], "weight_decay": 0.0})
+        groups.append({"params": [net.W], "weight_decay": 0.0, "lr": cfg.lr * cfg.weight_lr_scale})
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

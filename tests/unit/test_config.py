@@ -24,7 +24,9 @@ def test_yaml_and_overrides(tmp_path):
      ("triplet_form: plain\nuniform_weight_share: 0.5\n", "has no weights to mix"),
      ('flip_average: "maybe"\n', "flip_average must be true or false"),
      ("epochs: 10\nweight_warmup_epochs: 10\n", "weight_warmup_epochs must be an integer in"),
-     ("weight_warmup_epochs: 1.5\n", "weight_warmup_epochs must be an integer in")],
+     ("weight_warmup_epochs: 1.5\n", "weight_warmup_epochs must be an integer in"),
+     ("weight_lr_scale: 0\n", "weight_lr_scale must be a positive number"),
+     ('weight_lr_scale: "10"\n', "weight_lr_scale must be a positive number")],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, match):
     path = tmp_path / "c.yaml"

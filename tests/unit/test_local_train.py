@@ -78,6 +78,23 @@ def test_weight_warmup_keeps_W_at_one_then_learns_it(small_data):
     assert not torch.equal(W, torch.ones(10, 8)) and torch.allclose(W.mean(1), torch.ones(10))
 
 
+def test_weight_lr_scale_gives_W_its_own_rate_under_the_schedule():
+    from qadwh_ray.learning.loop import make_optimizer, make_scheduler
+    from qadwh_ray.model.network import build_model
+
+    cfg = TrainConfig(nbits=8, epochs=4, lr=1e-3, weight_lr_scale=10.0, lr_schedule="cosine")
+    model = build_model(cfg.model_config())
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    net_group, w_group = optimizer.param_groups
+    assert w_group["params"] == [model.W] and w_group["weight_decay"] == 0.0
+    for _ in range(3):  # the cosine schedule scales both rates alike: W's stays 10x the network's
+        assert w_group["lr"] == pytest.approx(10 * net_group["lr"]) and net_group["lr"] > 0
+        optimizer.step()
+        scheduler.step()
+    assert net_group["lr"] < cfg.lr
+
+
 def test_ablation_table_has_every_ranking(small_data, tmp_path):
     cfg = TrainConfig(epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4)
     rows, runs = run_ablation(cfg, [8], ["plain", "paper", "reference"], out_dir=str(tmp_path), progress=False,
