@@ -44,7 +44,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -156,9 +155,10 @@ def noop_probe_app():
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port Serve's HTTP listener binds later (outside the ranges where it could be taken first)."""
+    from qadwh_ray.serving.ingress import listen_port
+
+    return listen_port()
 
 
 def spread_checkpoint(path: str, nbits: int, seed: int = 0) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 
 INGRESS_MODES = ("haproxy", "proxy")
@@ -44,10 +45,48 @@ def ingress_env(mode: str) -> dict[str, str]:
 HAPROXY_PORT_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# A port that is free now must stay free until HAProxy binds it, minutes later at
+# serve.start. Ports from the kernel's ephemeral range (port-0 binds, every outgoing
+# connection) or Ray's worker range (10002-19999) can be taken in between — seen on
+# CI as HAProxy's "cannot bind socket (Address already in use)" — so listeners get
+# ports from the gap between the two, picked at random so two clusters rarely meet.
+RAY_WORKER_PORTS_END = 20000
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open(EPHEMERAL_RANGE_FILE) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems use higher ones
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:  # no SO_REUSEADDR: free on every address, as HAProxy binds 0.0.0.0
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def listen_port(exclude: set[int] = frozenset(), attempts: int = 200) -> int:
+    """A free TCP port for a listener that binds later: outside Ray's worker ports and
+    the ephemeral range where possible (falls back to a kernel-chosen port)."""
+    low, high = RAY_WORKER_PORTS_END, _ephemeral_start()
+    rng = random.SystemRandom()
+    if high - low >= 100:
+        for _ in range(attempts):
+            port = rng.randrange(low, high)
+            if port not in exclude and _bindable(port):
+                return port
+    while True:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
 
 
 @contextlib.contextmanager
@@ -62,7 +101,11 @@ def local_cluster_env(mode: str):
 
     env = ingress_env(mode)
     if env:
-        env.update({var: str(_free_port()) for var in HAPROXY_PORT_VARS})
+        taken: set[int] = set()
+        for var in HAPROXY_PORT_VARS:
+            port = listen_port(exclude=taken)
+            taken.add(port)
+            env[var] = str(port)
     added = [key for key in env if key not in os.environ]
     for key in added:
         os.environ[key] = env[key]

@@ -8,7 +8,6 @@ Serve's HTTP proxy listens on a free port of 127.0.0.1 only.
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 
@@ -30,9 +29,10 @@ class IndexFixture:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port Serve's HTTP listener binds later (outside the ranges where it could be taken first)."""
+    from qadwh_ray.serving.ingress import listen_port
+
+    return listen_port()
 
 
 def make_checkpoint(path: str, seed: int = 0, nbits: int = NBITS) -> str:

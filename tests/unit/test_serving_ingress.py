@@ -2,10 +2,12 @@
 with free HAProxy ports, and a user's own settings winning."""
 
 import os
+import socket
 
 import pytest
 
-from qadwh_ray.serving.ingress import HAPROXY_ENV, HAPROXY_PORT_VARS, check_ingress, ingress_env, local_cluster_env
+from qadwh_ray.serving import ingress
+from qadwh_ray.serving.ingress import HAPROXY_ENV, HAPROXY_PORT_VARS, check_ingress, ingress_env, listen_port, local_cluster_env
 
 
 def test_modes_and_their_environment():
@@ -24,7 +26,7 @@ def test_variables_are_held_for_the_start_only_and_the_users_win(monkeypatch):
         assert applied["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and applied["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
         assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         ports = [int(os.environ[var]) for var in HAPROXY_PORT_VARS]
-        assert len(set(ports)) == 2 and all(1024 < p < 65536 for p in ports)  # free ports, not 8404/9101
+        assert len(set(ports)) == 2 and all(20000 <= p < 32768 for p in ports)  # free ports, not 8404/9101
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ and not any(v in os.environ for v in HAPROXY_PORT_VARS)
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
 
@@ -34,3 +36,19 @@ def test_proxy_mode_sets_nothing(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with local_cluster_env("proxy") as applied:
         assert applied == {} and not any(key in os.environ for key in (*HAPROXY_ENV, *HAPROXY_PORT_VARS))
+
+
+def test_listen_ports_avoid_ray_worker_and_ephemeral_ports_and_taken_ones(monkeypatch):
+    with open(ingress.EPHEMERAL_RANGE_FILE) as f:
+        ephemeral_start = int(f.read().split()[0])
+    for _ in range(50):
+        assert ingress.RAY_WORKER_PORTS_END <= listen_port() < ephemeral_start
+    # a port in use on any address is never handed out, nor an excluded one
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", listen_port()))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        monkeypatch.setattr(ingress.random.SystemRandom, "randrange", lambda self, lo, hi: taken)
+        port = listen_port(attempts=5)  # every candidate is taken: the kernel picks one
+        assert port != taken and port > 0
+        assert listen_port(exclude={port}, attempts=0) != port
