@@ -26,7 +26,8 @@ def test_variables_are_held_for_the_start_only_and_the_users_win(monkeypatch):
         assert applied["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and applied["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
         assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         ports = [int(os.environ[var]) for var in HAPROXY_PORT_VARS]
-        assert len(set(ports)) == 2 and all(20000 <= p < 32768 for p in ports)  # free ports, not 8404/9101
+        # free ports between Ray's worker ports and the ephemeral range, not 8404/9101
+        assert len(set(ports)) == 2 and all(ingress.RAY_WORKER_PORTS_END <= p < ingress._ephemeral_start() for p in ports)
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ and not any(v in os.environ for v in HAPROXY_PORT_VARS)
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
 
