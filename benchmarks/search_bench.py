@@ -11,7 +11,9 @@ on the same codes and with the same thread counts, this measures queries/s of
   matrix–vector product of the linear form and a stable ``argsort``;
 
 single queries and batches, 1 thread and all threads, and the memory of our
-index per item. The two methods are timed in alternating rounds and each keeps
+index per item. With ``--gpu cuda`` also the index's torch path on that device
+(single queries and batches, and a check that its ids and distances equal the
+CPU path's), next to the all-threads CPU figures. The two methods are timed in alternating rounds and each keeps
 its best round (the machine is shared; best-of-rounds is the least disturbed
 figure); the median is reported too.
 
@@ -54,6 +56,14 @@ K_DEFAULT = 100
 
 def log(msg: str) -> None:
     print(f"[search_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def gpu_name(device):
+    if not device:
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else None
 
 
 # ----------------------------------------------------------------------------- memory
@@ -321,6 +331,25 @@ def memory_probe(tmp: str, k: int) -> dict:
 # ----------------------------------------------------------------------------- one configuration
 
 
+def gpu_timings(index, single, single_w, batch, batch_w, k, device, rounds, cpu_threads) -> dict:
+    """The index's torch path on ``device`` (``--gpu``): queries/s for single queries and a
+    batch, and whether its results equal the CPU path's bit for bit (ids and distances)."""
+    index.search(single[:2], k, single_w[:2], device=device)  # upload the codes, warm the kernels
+    used = index.last_search.device
+    r = timed_rounds({
+        "single": lambda: [index.search(single[i:i + 1], k, single_w[i:i + 1], device=device)
+                           for i in range(len(single))],
+        "batch": lambda: index.search(batch, k, batch_w, device=device),
+    }, rounds)
+    equal = True
+    for q, w in ((single, single_w), (batch, batch_w)):
+        want = index.search(q, k, w, num_threads=cpu_threads)
+        got = index.search(q, k, w, device=device)
+        equal &= bool(np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0]))
+    return {"device": used, "single_qps": round(len(single) / r["single"][0], 1),
+            "batch_qps": round(len(batch) / r["batch"][0], 1), "equals_cpu": equal}
+
+
 def bench_config(name, db, queries, weights, args, threads_all, faiss):
     from qadwh_ray.core.search import HashIndex
 
@@ -392,6 +421,17 @@ def bench_config(name, db, queries, weights, args, threads_all, faiss):
         del naive
         gc.collect()
 
+    if args.gpu:
+        g = gpu_timings(index, single, single_w, batch, batch_w, k, args.gpu, args.rounds, threads_all)
+        cpu_all = {bs: timings[(threads_all, bs)]["weighted"][0] for bs in (1, args.batch)}
+        faiss_all = {bs: timings[(threads_all, bs)]["faiss"][0] for bs in (1, args.batch)}
+        g["vs_weighted_cpu_all_threads"] = {"single": round(g["single_qps"] / cpu_all[1], 3),
+                                            "batch": round(g["batch_qps"] / cpu_all[args.batch], 3)}
+        g["vs_faiss_all_threads"] = {"single": round(g["single_qps"] / faiss_all[1], 3),
+                                     "batch": round(g["batch_qps"] / faiss_all[args.batch], 3)}
+        res["gpu"] = g
+        log(f"gpu: {json.dumps(g)}")
+
     rows = []
     for t in sorted({1, threads_all}):
         for bs in (1, args.batch):
@@ -438,6 +478,8 @@ def main(argv=None) -> dict:
     p.add_argument("--naive-queries", type=int, default=4)
     p.add_argument("--encode-batch", type=int, default=None, help="images per forward pass (default: encode.default_chunk)")
     p.add_argument("--codes-cache", default=None, help="keep/reuse the checkpoints' database codes in this directory")
+    p.add_argument("--gpu", default=None, metavar="DEVICE",
+                   help="also time the index's torch path on DEVICE (cuda, cuda:N) and check it equals the CPU path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -445,6 +487,15 @@ def main(argv=None) -> dict:
         out = memory_probe(args.memory_probe, args.k)
         print(json.dumps(out))
         return out
+
+    if args.gpu:  # fail before minutes of CPU timings, not after
+        from qadwh_ray.core.search import _resolve_device
+
+        try:
+            if _resolve_device(args.gpu) == "cpu":
+                raise ValueError("it resolves to the CPU path; name a CUDA device (cuda, cuda:N)")
+        except (ValueError, RuntimeError) as e:
+            p.error(f"--gpu {args.gpu}: {e}")
 
     import faiss
     import numba
@@ -507,7 +558,8 @@ def main(argv=None) -> dict:
         "timing": f"best of {args.rounds} alternating rounds (wall clock; *_cpu: CPU time of the calling "
                   f"thread, 1-thread runs); {args.single_queries} single queries, batches of {args.batch}; "
                   f"load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "gpu": gpu_name(args.gpu)},
         "headline": f"n={head_n}, 64 bits, 1 thread, single queries; weighted_vs_faiss_* is the lower of the "
                     "wall-clock and CPU-time ratios",
         "weighted_vs_faiss_realistic": lower(pick("realistic"), pick("realistic", key="weighted_vs_faiss_cpu")),
@@ -535,6 +587,7 @@ def main(argv=None) -> dict:
         "weighted_vs_faiss_random>=0.5": meets(summary["weighted_vs_faiss_random"], lambda v: v >= 0.5),
         "weighted_vs_naive>=20": meets(summary["weighted_vs_naive_min"], lambda v: v >= 20),
         "memory_ratio<=1.2": meets(summary["memory_ratio_max"], lambda v: v <= 1.2),
+        "gpu_equals_cpu": all(r["gpu"]["equals_cpu"] for r in results) if args.gpu else None,
     }
     print(json.dumps(summary))
     return summary
