@@ -13,9 +13,9 @@ on the same codes and with the same thread counts, this measures queries/s of
 single queries and batches, 1 thread and all threads, and the memory of our
 index per item. With ``--gpu cuda`` also the index's torch path on that device
 (single queries and batches, and a check that its ids and distances equal the
-CPU path's), next to the all-threads CPU figures. The two methods are timed in alternating rounds and each keeps
-its best round (the machine is shared; best-of-rounds is the least disturbed
-figure); the median is reported too.
+CPU path's), next to the all-threads CPU figures. The two methods are timed in
+alternating rounds and each keeps its best round (the machine is shared;
+best-of-rounds is the least disturbed figure); the median is reported too.
 
 Codes:
 
