@@ -361,6 +361,18 @@ def _pause_before_publish() -> None:
         time.sleep(float(os.environ.get("QADWH_FAULT_PAUSE_SECONDS", "600")))
 
 
+def _fold_update_log(store: IndexStore, manifest: Manifest) -> Manifest:
+    """The API's live updates folded into the new version (indexing/fold.py)."""
+    from qadwh_ray.indexing.fold import FoldError, fold_update_log
+
+    pointer = store.read_pointer()
+    previous = store.read_manifest(pointer.version, expected_sha256=pointer.manifest_sha256) if pointer else None
+    try:
+        return fold_update_log(store, manifest, previous)
+    except FoldError as exc:
+        raise IndexBuildError(str(exc)) from exc
+
+
 def _checkpoint_record(payload: dict) -> dict:
     return {"uri": payload["uri"], "sha256": payload["sha256"], "model_config": payload["model_config"]}
 
@@ -589,6 +601,7 @@ def build_index(
             checks=dict(checks or {}),
         )
         storage.delete(parts_uri, recursive=True, missing_ok=True)
+        manifest = _fold_update_log(store, manifest)
         store.write_staged_manifest(manifest)
         store.verify(version, staged=True, manifest=manifest)
         deleted: dict = {}

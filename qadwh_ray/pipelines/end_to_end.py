@@ -110,7 +110,7 @@ def curl_examples(base_url: str, item_id: int) -> list[str]:
 
 def sample_queries(client, images: np.ndarray, labels: np.ndarray, class_names: list[str], log=print, k: int = 10) -> list[dict]:
     """Query the service with each image (PNG over HTTP) in every mode; log the top labels and precision@k."""
-    from qadwh_ray.serving.client import png_bytes
+    from qadwh_ray.client import png_bytes
 
     out = []
     for img, lab in zip(images, labels):
@@ -120,11 +120,11 @@ def sample_queries(client, images: np.ndarray, labels: np.ndarray, class_names: 
         answers = {}
         for mode in ("qadwh", "dwh", "hamming"):
             t0 = time.perf_counter()
-            r = answers[mode] = client.search(image_png=png, k=k, mode=mode)
+            r = answers[mode] = client.search(image=png, k=k, mode=mode)
             ms = (time.perf_counter() - t0) * 1e3
-            hits = [bool(want & set(res.get("labels") or [])) for res in r["results"]]
-            row[mode] = {"ids": r["ids"], "precision": float(np.mean(hits)) if hits else 0.0, "ms": ms, "version": r["version"]}
-        top = [(res.get("label_names") or ["?"])[0] for res in answers["qadwh"]["results"][:5]]
+            hits = [bool(want & set(h.labels or [])) for h in r]
+            row[mode] = {"ids": r.ids, "precision": float(np.mean(hits)) if hits else 0.0, "ms": ms, "version": r.version}
+        top = [(h.label_names or ["?"])[0] for h in answers["qadwh"].hits[:5]]
         names = ", ".join(class_names[c] for c in row["true"])
         log(
             f"   query image of a {names}: precision@{k} qadwh {row['qadwh']['precision']:.2f} / dwh "
@@ -141,14 +141,14 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
 
     from qadwh_ray.data.fashion import CLASS_NAMES
     from qadwh_ray.serving.app import build_app
-    from qadwh_ray.serving.client import ServiceClient
+    from qadwh_ray.client import Client
 
     index_root = storage.join(opts.out, "index")
     serve.start(http_options={"host": opts.host, "port": opts.port})
     serve.run(build_app({"index": index_root}), name=opts.app_name, route_prefix="/")
     shown_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
     base_url = f"http://{shown_host}:{opts.port}"
-    client = ServiceClient(base_url)
+    client = Client(base_url)
     ready = client.wait_ready(timeout_s=300)
     info = client.index()
     log(f"   service ready at {base_url}: version {info['version']}, {info['items']} items in {info['num_shards']} shards, "
@@ -157,8 +157,8 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
     pick = rng.choice(len(data.query_images), size=min(opts.num_sample_queries, len(data.query_images)), replace=False)
     rows = sample_queries(client, data.query_images[pick], data.query_labels[pick], CLASS_NAMES, log)
     item_id = int(data.db_ids[0])
-    by_id = client.search(item_id=item_id, k=5)
-    log(f"   query by indexed item {item_id}: ids {by_id['ids']} distances {[round(d, 3) for d in by_id['distances']]}")
+    by_id = client.search(item=item_id, k=5)
+    log(f"   query by indexed item {item_id}: ids {by_id.ids} distances {[round(d, 3) for d in by_id.distances]}")
     return {"base_url": base_url, "ready": ready, "index": info, "queries": rows, "item_id": item_id}
 
 

@@ -88,11 +88,11 @@ def run_nightly(opts: NightlyOptions, log=print) -> NightlyResult:
     from qadwh_ray.index.store import IndexStore
     from qadwh_ray.indexing.pipeline import BuildOptions
     from qadwh_ray.indexing.reindex import CheckFailed, CheckOptions, reindex
-    from qadwh_ray.serving.client import ServiceClient, ServiceError
+    from qadwh_ray.client import Client, ServiceError
 
     store = IndexStore(opts.index)
     previous = store.current_version()
-    client = ServiceClient(opts.service_url, opts.service_token) if opts.service_url else None
+    client = Client(opts.service_url, opts.service_token) if opts.service_url else None
     if client is not None:  # fail before any work when the service cannot be reached
         try:
             served = client.index().get("version")

@@ -170,7 +170,7 @@ def _bool_param(value: Any) -> Optional[bool]:
     raise ApiError(422, "invalid_request", f"debug must be true or false, got {s[:20]!r}")
 
 
-def _label_list(value: Any, name: str) -> Optional[list]:
+def label_list(value: Any, name: str) -> Optional[list]:
     """A label filter as given: a JSON list, or comma-separated text (form field, query string)."""
     if value is None or value == "":
         return None
@@ -201,8 +201,8 @@ def _common(params: dict, default_k: int, max_k: int) -> dict:
         "mode": mode,
         "radius": radius,
         "debug": bool(_bool_param(params.get("debug"))),
-        "labels_any": _label_list(params.get("labels_any"), "labels_any"),
-        "labels_all": _label_list(params.get("labels_all"), "labels_all"),
+        "labels_any": label_list(params.get("labels_any"), "labels_any"),
+        "labels_all": label_list(params.get("labels_all"), "labels_all"),
     }
 
 
@@ -265,13 +265,14 @@ def _query_params(request) -> dict:
     return {k: v for k, v in request.query_params.items() if k in _PARAMS}
 
 
-async def _read_form(request, max_part_size: int) -> tuple[dict, dict]:
-    """``multipart/form-data`` → (text fields, file fields as bytes), parsed by python-multipart (via Starlette)."""
+async def read_form(request, max_part_size: int, names: set) -> tuple[dict, dict]:
+    """``multipart/form-data`` with the parts ``names`` → (text fields, file fields as bytes),
+    parsed by python-multipart (through Starlette)."""
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
 
     try:
-        form = await request.form(max_files=1, max_fields=len(_PARAMS), max_part_size=max_part_size)
+        form = await request.form(max_files=1, max_fields=len(names), max_part_size=max_part_size)
     except (MultiPartException, HTTPException) as exc:
         detail = getattr(exc, "message", None) or getattr(exc, "detail", None) or "malformed multipart body"
         raise ApiError(400, "bad_request", f"malformed multipart body: {detail}") from None
@@ -287,6 +288,11 @@ async def _read_form(request, max_part_size: int) -> tuple[dict, dict]:
                 files[name] = await value.read()
     finally:
         await form.close()
+    unknown = (set(fields) | set(files)) - set(names)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown form field(s): {', '.join(sorted(unknown))[:200]}")
+    if "image" in fields:
+        raise ApiError(422, "invalid_request", "send the image as a file part (with a filename), e.g. curl -F image=@photo.png")
     return fields, files
 
 
@@ -296,12 +302,7 @@ async def parse_search(request, default_k: int, max_k: int) -> Query:
     params = _query_params(request)
     body = await request.body()
     if ctype.startswith("multipart/form-data"):
-        fields, files = await _read_form(request, max(1024, len(body)))
-        unknown = (set(fields) | set(files)) - {"image", *_PARAMS}
-        if unknown:
-            raise ApiError(422, "invalid_request", f"unknown form field(s): {', '.join(sorted(unknown))[:200]}")
-        if "image" in fields:
-            raise ApiError(422, "invalid_request", "send the image as a file part (with a filename), e.g. curl -F image=@photo.png")
+        fields, files = await read_form(request, max(1024, len(body)), {"image", *_PARAMS})
         if not files.get("image"):
             raise ApiError(422, "invalid_request", "multipart search needs a non-empty file field 'image'")
         params.update(fields)
