@@ -348,7 +348,10 @@ def _ensure_ray(address: str | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING", log_to_driver=True)
+        from qadwh_ray.ray_logs import init_ray
+
+        logs = init_ray(address=address or os.environ.get("RAY_ADDRESS") or None)
+        print(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}", flush=True)
 
 
 def _pause_before_publish() -> None:

@@ -55,22 +55,24 @@ def _stage(log, n: int, title: str) -> float:
     return time.perf_counter()
 
 
-def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS) -> None:
+def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS, log=print) -> None:
     import ray
 
+    from qadwh_ray.ray_logs import init_ray
     from qadwh_ray.serving.ingress import local_cluster_env
 
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING")
+        logs = init_ray(address=address)
     else:
         # A fresh local cluster ("local": never a leftover `ray start` found on
         # this machine). More logical CPUs than cores so that the Train worker,
         # the Data actors and the Serve replicas (fractional CPUs) never wait
         # on each other (DESIGN.md §8).
         with local_cluster_env(ingress):
-            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
+            logs = init_ray(address="local", num_cpus=max(4, os.cpu_count() or 1))
+    log(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}")
 
 
 def train_stage(opts: MainJobOptions, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
@@ -142,10 +144,12 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
     from qadwh_ray.data.fashion import CLASS_NAMES
     from qadwh_ray.serving.app import build_app
     from qadwh_ray.client import Client
+    from qadwh_ray.ray_logs import quiet_ray_console
 
     index_root = storage.join(opts.out, "index")
     serve.start(http_options={"host": opts.host, "port": opts.port})
     serve.run(build_app({"index": index_root}), name=opts.app_name, route_prefix="/")
+    quiet_ray_console()  # Serve set up its loggers just now
     shown_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
     base_url = f"http://{shown_host}:{opts.port}"
     client = Client(base_url)
@@ -172,7 +176,7 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
     if "paper" not in opts.forms:
         raise ValueError("the main job indexes and serves the QaDWH (paper form) model: keep 'paper' in the forms")
     t_start = time.perf_counter()
-    _init_ray(opts.ray_address, opts.ingress)
+    _init_ray(opts.ray_address, opts.ingress, log)
     data = load_retrieval_data(opts.base.dataset, opts.base.split_seed, opts.base.val_fraction)
     log(data.summary())
     summary: dict = {"out": opts.out}

@@ -116,8 +116,9 @@ def _metrics():
             "swaps": Counter("qadwh_index_swaps", description="index version switches"),
             "items": Gauge("qadwh_index_items", description="items in the active index version"),
             "active": Gauge("qadwh_active_version", description="1 for the index version this router replica serves", tag_keys=("version",)),
-            "log_position": Gauge("qadwh_log_position", description="newest update-log position this router replica searches"),
-            "log_lag": Gauge("qadwh_log_lag", description="update-log changes written but not yet searched by this router replica"),
+            "log_position": Gauge("qadwh_log_position", description="update-log position this router replica searches"),
+            "log_unfolded": Gauge("qadwh_log_unfolded", description="update-log changes after the active version's build (replayed by every replica)"),
+            "log_lag": Gauge("qadwh_log_lag_s", description="seconds since this router replica last read the end of the update log"),
             "updates": Counter("qadwh_updates", description="item updates stored in the update log", tag_keys=("op",)),
             "batch": Histogram("qadwh_batch_queries", description="queries per POST /v1/search/batch", boundaries=[1, 2, 4, 8, 16, 32, 64, 128]),
         }
@@ -160,7 +161,7 @@ class Router:
         self.coalescer = Coalescer(self.backends, ra.max_batch if ra.coalesce else 1, ra.max_inflight_batches if ra.coalesce else 1 << 30,
                                    self._observe_shards)
         self.resolver = QueryResolver(self.backends, update_log, a.max_image_pixels, a.images_from_sources, self.m)
-        self.log_position = LogPosition(update_log, a.updates.poll_interval_s)
+        self.log_position = LogPosition(update_log, a.updates.poll_interval_s, self._observe_log)
         self.writer = UpdateWriter(update_log, self.log_position, a.updates.max_batch)
         fastapi_app.state.max_body_bytes = a.max_body_bytes
         fastapi_app.state.on_request = self._observe
@@ -305,6 +306,14 @@ class Router:
                 self.m["shard_search"].observe(x["search_ms"], tags={"shard": str(x["shard"])})
         except Exception as exc:  # noqa: BLE001 — metrics never fail a request
             log.debug("router: shard metrics: %s", exc)
+
+    def _observe_log(self, position: int, seconds_since_read: float) -> None:
+        if not self.m:
+            return
+        self.m["log_position"].set(position)
+        self.m["log_lag"].set(seconds_since_read)
+        if self.active is not None:
+            self.m["log_unfolded"].set(max(0, position - self.active.log_base))
 
     def _observe(self, scope: dict, status: int, seconds: float) -> None:
         if not self.m:

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -87,11 +88,13 @@ async def parse_item_update(request) -> ItemUpdate:
 class LogPosition:
     """The newest update-log position this replica knows (see the module docstring)."""
 
-    def __init__(self, update_log: UpdateLog, poll_interval_s: float):
+    def __init__(self, update_log: UpdateLog, poll_interval_s: float, observe=None):
         self.update_log = update_log
         self.poll_interval_s = poll_interval_s
+        self.observe = observe  # called with (position, seconds since the log was last read) after each poll
         self.value = 0
         self.error: Optional[str] = None
+        self.read_at = time.monotonic()
 
     def advance(self, position: int) -> int:
         self.value = max(self.value, int(position))
@@ -99,6 +102,7 @@ class LogPosition:
 
     async def refresh(self) -> int:
         self.advance(await asyncio.to_thread(self.update_log.end, self.value))
+        self.read_at = time.monotonic()
         return self.value
 
     async def follow(self) -> None:
@@ -114,6 +118,11 @@ class LogPosition:
                 if msg != self.error:
                     log.warning("router: cannot read the update log: %s", msg)
                 self.error = msg
+            if self.observe is not None:
+                try:
+                    self.observe(self.value, time.monotonic() - self.read_at)
+                except Exception:  # noqa: BLE001 — metrics never stop the follower
+                    pass
 
 
 class UpdateWriter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -140,7 +141,7 @@ def test_updates_are_durable_visible_at_once_and_searched_exactly(service):
     assert entries[-1].seq == up.log_position and entries[-1].id == 800_001 and entries[-1].labels == [8] and entries[-1].image
     # visible to the very next search (one router replica: it searches its own writes)
     code = bytes.fromhex(up.body["code"])
-    r = c.search(code=code, mode="hamming", k=5)
+    r = c.search(code=code, mode="hamming", k=200)  # ties at distance 0 come in id order: room for all of them
     assert r.log_position >= up.log_position and 800_001 in r.ids and r.hits[r.ids.index(800_001)].distance == 0
     item = c.item(800_001)
     assert item["updated"] and item["labels"] == [8] and item["label_names"] == ["Bag"] and item["has_image"]
@@ -363,3 +364,38 @@ def test_folded_version_serves_the_same_items(service):
     some = random.Random(0).sample(sorted(items), 5)
     for i in some:
         assert bytes.fromhex(c.item(i)["code"]) == items[i][0]
+
+
+def test_dashboard_metrics_reach_prometheus(service, ray_cluster):
+    """Every series the Grafana dashboard and the alert rules query is exported by Ray's metrics agent."""
+    import sys
+
+    import ray
+    import requests
+
+    from qadwh_ray.client import Query
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "unit"))
+    from test_observability import _SERIES, queries
+
+    c, fx = service["client"], service["fx"]
+    c.search(image=fx.images[0], k=3)
+    c.search_batch([Query(item=int(fx.ids[2])), Query(code="ffff", mode="hamming")])
+    c.put_item(800_100, code="00ff", labels=[1])
+    want = {m for e in queries() for m in _SERIES.findall(e)} - {"ray_qadwh_backend_retries_total"}  # only after a retry
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    text, missing = "", want
+    end = time.monotonic() + 90
+    while time.monotonic() < end:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        except requests.RequestException:
+            text = ""
+        missing = {m for m in want if not re.search(rf"^{m}\{{", text, re.M)}
+        if not missing:
+            break
+        time.sleep(3)
+    if not text:
+        pytest.skip(f"Ray's metrics agent does not answer on 127.0.0.1:{port} in this cluster")
+    assert not missing, sorted(missing)
+    assert re.search(r'^ray_qadwh_requests_total\{[^}]*application="' + APP, text, re.M)
