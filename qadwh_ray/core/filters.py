@@ -28,8 +28,8 @@ from qadwh_ray.core.search import HashIndex, query_weights, table_distances
 
 __all__ = ["LabelFilter", "topk_among", "radius_topk", "topk_of_codes", "SUBSET_SCAN_FRACTION"]
 
-#: Masks allowing at most this fraction of the items are scanned directly (below it,
-#: a direct scan of the allowed codes costs less than an enlarged full search).
+#: Masks allowing at most this fraction of the items are scanned directly; above it an
+#: enlarged search through the compiled scan costs less (docs/benchmarks.md, filters).
 SUBSET_SCAN_FRACTION = 0.125
 
 
@@ -67,6 +67,16 @@ def _padded(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), np.inf), np.full((nq, k), -1, dtype=np.int64)
 
 
+def _smallest(d: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest of ``d`` under (value, position): ids ascend with position,
+    so this is the (distance, id) order."""
+    if d.size > 4 * k:
+        kth = np.partition(d, k - 1)[k - 1]
+        cand = np.flatnonzero(d <= kth)  # every item that can be in the top k, ties at the k-th included
+        return cand[np.argsort(d[cand], kind="stable")[:k]]
+    return np.argsort(d, kind="stable")[:k]
+
+
 def topk_of_codes(query_codes, codes, ids, weights, mode: str, k: int, nbits: int, radius: Optional[int] = None):
     """Top k of every query among ``codes``/``ids`` (ids ascending) by direct scan; with
     ``radius``, only codes within that Hamming distance. Returns padded ``(d, ids)``."""
@@ -82,24 +92,26 @@ def topk_of_codes(query_codes, codes, ids, weights, mode: str, k: int, nbits: in
         if radius is not None and radius < nbits:
             sel = np.flatnonzero(table_distances(query_codes[i], codes, ones, 0) <= radius)
             d = d[sel]
-        order = np.argsort(d, kind="stable")[:k]  # stable over ascending ids: ties by id
+        order = _smallest(d, k)
         pick = order if sel is None else sel[order]
         dist[i, : order.size] = d[order]
         out[i, : order.size] = ids[pick]
     return dist, out
 
 
-def topk_among(index: HashIndex, codes: np.ndarray, query_codes, weights, mode: str, k: int, allowed: np.ndarray):
+def topk_among(index: HashIndex, codes: np.ndarray, query_codes, weights, mode: str, k: int, allowed: np.ndarray,
+               num_threads: Optional[int] = None):
     """Top k of every query among the index's items where ``allowed`` (bool, id order) is set.
 
     ``codes`` are the index's codes in id order (``index.codes``, held by the caller
-    so it is not rebuilt per call); ``weights`` as for :meth:`HashIndex.search`.
+    so it is not rebuilt per call); ``weights`` and ``num_threads`` as for
+    :meth:`HashIndex.search`.
     """
     nq = query_codes.shape[0]
     n = len(index)
     m = int(allowed.sum())
     if m == n:
-        return index.search(query_codes, k, weights, mode=mode)
+        return index.search(query_codes, k, weights, mode=mode, num_threads=num_threads)
     if m == 0 or nq == 0:
         return _padded(nq, k)
     ids = index.ids
@@ -113,7 +125,7 @@ def topk_among(index: HashIndex, codes: np.ndarray, query_codes, weights, mode: 
         w = weights
         if mode == "qadwh":
             w = np.asarray(weights)[todo]
-        d, got = index.search(query_codes[todo], kk, w, mode=mode)
+        d, got = index.search(query_codes[todo], kk, w, mode=mode, num_threads=num_threads)
         keep = allowed[np.searchsorted(ids, np.maximum(got, 0))] & (got >= 0)
         done = (keep.sum(axis=1) >= k) | (kk >= n)
         for row in np.flatnonzero(done):
@@ -145,7 +157,7 @@ def radius_topk(index: HashIndex, codes: np.ndarray, query_codes, weights, mode:
         if cand.size == 0:
             continue
         d = table_distances(query_codes[i], codes[pos], w_int[i], exps[i])
-        order = np.argsort(d, kind="stable")[:k]
+        order = _smallest(d, k)
         dist[i, : order.size] = d[order]
         out[i, : order.size] = cand[order]
     return dist, out

@@ -78,8 +78,10 @@ class LiveIndex:
     ``base_position``, plus changes applied in log order."""
 
     def __init__(self, nbits: int, ids: np.ndarray, codes: np.ndarray, labels: Optional[np.ndarray],
-                 base_position: int = 0, num_classes: Optional[int] = None, device: str = "cpu"):
+                 base_position: int = 0, num_classes: Optional[int] = None, device: str = "cpu",
+                 threads: Optional[int] = None):
         self.nbits = int(nbits)
+        self.threads = threads  # numba threads per search (None: numba's default)
         self.ids = np.asarray(ids, dtype=np.int64)
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.labels = labels
@@ -243,8 +245,8 @@ class LiveIndex:
         if radius is not None:
             return radius_topk(self.index, self.codes, codes, w, mode, k, radius, allowed)
         if allowed is None:
-            return self.index.search(codes, k, w, mode=mode)
-        return topk_among(self.index, self.codes, codes, w, mode, k, allowed)
+            return self.index.search(codes, k, w, mode=mode, num_threads=self.threads)
+        return topk_among(self.index, self.codes, codes, w, mode, k, allowed, self.threads)
 
     def _put_mask(self, view: View, flt: LabelFilter) -> Optional[np.ndarray]:
         if flt.empty:

@@ -115,7 +115,7 @@ def _metrics():
             "retries": Counter("qadwh_backend_retries", description="retried shard/encoder calls", tag_keys=("target",)),
             "swaps": Counter("qadwh_index_swaps", description="index version switches"),
             "items": Gauge("qadwh_index_items", description="items in the active index version"),
-            "active": Gauge("qadwh_active_version", description="1 for the index version this router replica serves", tag_keys=("version",)),
+            "active": Gauge("qadwh_active_version", description="1 for the index version this router replica serves (others age out)", tag_keys=("version",)),
             "log_position": Gauge("qadwh_log_position", description="update-log position this router replica searches"),
             "log_unfolded": Gauge("qadwh_log_unfolded", description="update-log changes after the active version's build (replayed by every replica)"),
             "log_lag": Gauge("qadwh_log_lag_s", description="seconds since this router replica last read the end of the update log"),
@@ -226,10 +226,6 @@ class Router:
             self.resolver.clear()
             if self.m:
                 self.m["swaps"].inc()
-                self.m["items"].set(st.num_items)
-                if old is not None:
-                    self.m["active"].set(0, tags={"version": old.version})
-                self.m["active"].set(1, tags={"version": st.version})
             log.info("router: now serving index version %s (was %s)", version, old.version if old else None)
             return st
 
@@ -308,12 +304,16 @@ class Router:
             log.debug("router: shard metrics: %s", exc)
 
     def _observe_log(self, position: int, seconds_since_read: float) -> None:
+        """Gauges, refreshed on every poll of the log (Ray drops a gauge series that is not re-set)."""
         if not self.m:
             return
         self.m["log_position"].set(position)
         self.m["log_lag"].set(seconds_since_read)
-        if self.active is not None:
-            self.m["log_unfolded"].set(max(0, position - self.active.log_base))
+        st = self.active
+        if st is not None:
+            self.m["log_unfolded"].set(max(0, position - st.log_base))
+            self.m["items"].set(st.num_items)
+            self.m["active"].set(1, tags={"version": st.version})
 
     def _observe(self, scope: dict, status: int, seconds: float) -> None:
         if not self.m:

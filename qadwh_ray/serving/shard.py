@@ -68,7 +68,7 @@ class LoadedShard:
         return "RGB" if int(cfg.get("in_channels", 1)) == 3 else "L"
 
 
-def load_shard_version(root: str, version: str, shard: int, device: str = "cpu") -> LoadedShard:
+def load_shard_version(root: str, version: str, shard: int, device: str = "cpu", threads: int = 1) -> LoadedShard:
     """Read, verify and index shard ``shard`` of ``version`` (an empty shard when the
     version has fewer shards), at the log position the version was built at."""
     from qadwh_ray.index.reader import IndexReader
@@ -80,7 +80,8 @@ def load_shard_version(root: str, version: str, shard: int, device: str = "cpu")
     else:
         d = reader.read_shard(shard)
         ids, codes, labels, sources = d.ids, d.codes, d.labels, d.sources
-    live = LiveIndex(m.code_bits, ids, codes, labels, base_position=m.log_position, num_classes=m.num_classes, device=device)
+    live = LiveIndex(m.code_bits, ids, codes, labels, base_position=m.log_position, num_classes=m.num_classes, device=device,
+                     threads=threads)
     return LoadedShard(reader.version, shard, m.num_shards, dict(m.checkpoint or {}), live, sources)
 
 
@@ -184,7 +185,8 @@ class Shard:
     async def _load(self, version: str) -> LoadedShard:
         try:
             t0 = time.perf_counter()
-            data = await asyncio.to_thread(load_shard_version, self.args.index, version, self.shard, self.args.shard.device)
+            sa = self.args.shard
+            data = await asyncio.to_thread(load_shard_version, self.args.index, version, self.shard, sa.device, sa.search_threads)
             await asyncio.to_thread(_warm_up, data)  # compile / load the kernels of every path off the request path
             await self._catch_up(data, None)
             self.loaded[version] = data

@@ -399,3 +399,28 @@ def test_dashboard_metrics_reach_prometheus(service, ray_cluster):
         pytest.skip(f"Ray's metrics agent does not answer on 127.0.0.1:{port} in this cluster")
     assert not missing, sorted(missing)
     assert re.search(r'^ray_qadwh_requests_total\{[^}]*application="' + APP, text, re.M)
+
+
+def test_readme_client_example_runs_as_written(service, tmp_path, monkeypatch):
+    """The README's "Searching from Python" block, run against this service (its URL and
+    token substituted, an item id of this index for 123, real image files)."""
+    import re as _re
+    from pathlib import Path
+
+    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray.data.transforms import encode_png
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Searching from Python", 1)[1]
+    code = _re.search(r"```python\n(.*?)```", section, _re.S).group(1)
+    code = code.replace('"http://127.0.0.1:8000"', repr(service["base"])).replace("token=None", f"token={TOKEN!r}")
+    code = code.replace("item=123", f"item={int(service['fx'].ids[7])}")
+    images, _ = load_fashion_mnist()
+    for name, row in (("shoe.png", 69_001), ("bag.png", 69_002), ("new-bag.png", 69_003)):
+        (tmp_path / name).write_bytes(encode_png(images[row]))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 — the documented example itself
+    assert scope["hits"].version == service["fx"].version and len(scope["hits"]) == 10
+    assert all(set(h.label_names) & {"Sneaker", "Sandal"} for h in scope["hits"])
+    assert scope["up"].op == "put" and len(scope["batch"].results) == 2
