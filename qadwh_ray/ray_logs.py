@@ -3,23 +3,37 @@
 By default a driver prints Ray's INFO lines (cluster start, Serve
 deployments, Data execution plans), every worker's stdout and stderr, and
 warnings that are normal in operation. :func:`init_ray` starts or joins Ray
-with the workers' output left in the session's log files (``log_to_driver``
-off) and Ray's Python loggers writing to the console only at ERROR; the rest
-of what they log goes to ``<session>/logs/driver.log`` beside Ray's own
-files (``ray-data.log``, ``serve/``, ``worker-*.out``). Commands print
-:func:`ray_log_dir` once so a user knows where to look.
+so that the console shows only:
+
+* the command's own lines (stages, tables, results);
+* the lines workers print with :func:`console_print` (the training workers'
+  per-epoch metrics) and progress bars (``ray.experimental.tqdm_ray``: the
+  step bar of training), relayed from the workers' output stream, and any
+  ``ERROR`` / ``Traceback`` line of a worker;
+* records of Ray's Python loggers at ERROR.
+
+Everything else stays in the session's log directory, which commands print
+once (:func:`ray_log_dir`): every worker's and replica's output in
+``worker-*.out`` / ``.err`` and ``serve/``, Ray Data's in ``ray-data.log``,
+and Ray's driver-side messages in ``driver.log``. The relay replaces the
+handler ``ray.init(log_to_driver=True)`` registers on Ray's worker-output
+dispatcher with a filtering one (Ray is pinned, see pyproject.toml).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 from typing import Optional
 
-__all__ = ["init_ray", "quiet_ray_console", "ray_log_dir"]
+__all__ = ["init_ray", "quiet_ray_console", "ray_log_dir", "console_print"]
 
 _RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "ray.air")
 _DRIVER_LOG = "driver.log"
+_CONSOLE_MARK = "[qadwh] "  # a worker line meant for the user's console (stripped by the relay)
+_ALWAYS = re.compile(r"^\s*(ERROR\b|Traceback \(most recent call last\))")
 
 
 class _ErrorsOnly(logging.Filter):
@@ -68,13 +82,39 @@ def ray_log_dir() -> Optional[str]:
         return None
 
 
+def console_print(text: str) -> None:
+    """Print a line from a Ray worker that the driver's console shows (through :func:`init_ray`'s relay)."""
+    print(_CONSOLE_MARK + text, flush=True)
+
+
+def _relay(data: dict) -> None:
+    """Print the worker lines that belong on the console (see the module docstring)."""
+    from ray._private.worker import print_worker_logs
+    from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+    keep = [ln[len(_CONSOLE_MARK):] if ln.startswith(_CONSOLE_MARK) else ln for ln in data.get("lines", [])
+            if ln.startswith(_CONSOLE_MARK) or RAY_TQDM_MAGIC in ln or _ALWAYS.match(ln)]
+    if keep:
+        print_worker_logs({**data, "lines": keep}, sys.stderr if data.get("is_err") else sys.stdout, ignore_prefix=True)
+
+
+def _install_relay() -> None:
+    from ray._private import worker as ray_worker
+
+    dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", _relay)
+
+
 def init_ray(**kwargs) -> Optional[str]:
     """``ray.init(**kwargs)`` with a quiet console (see the module docstring); returns the log directory."""
     import ray
 
     kwargs.setdefault("logging_level", "INFO")  # INFO into driver.log; the console shows errors only
-    kwargs.setdefault("log_to_driver", False)
+    kwargs.setdefault("log_to_driver", True)  # the training workers' lines and bar, through the relay
     quiet_ray_console()  # before init: its start-up messages too
     ray.init(**kwargs)
+    if kwargs["log_to_driver"]:
+        _install_relay()
     quiet_ray_console()
     return ray_log_dir()

@@ -182,17 +182,16 @@ class LiveIndex:
 
     def labels_of(self, ids: np.ndarray, view: View) -> list:
         """Class-id lists of result ids (None when unlabeled or unknown)."""
-        out = []
-        for i in np.asarray(ids).tolist():
-            j = view.put_position(i)
-            if j >= 0:
-                out.append(view.labels[j])
-                continue
-            p = int(np.searchsorted(self.ids, i)) if self.ids.size else 0
-            if self.labels is not None and p < self.ids.size and self.ids[p] == i:
-                out.append(np.flatnonzero(self.labels[p]).tolist())
-            else:
-                out.append(None)
+        ids = np.asarray(ids, dtype=np.int64)
+        out: list = [None] * ids.size
+        if self.labels is not None and self.ids.size:
+            pos = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
+            for j in np.flatnonzero(self.ids[pos] == ids).tolist():
+                out[j] = np.flatnonzero(self.labels[pos[j]]).tolist()
+        if view.ids.size:
+            pos = np.minimum(np.searchsorted(view.ids, ids), view.ids.size - 1)
+            for j in np.flatnonzero(view.ids[pos] == ids).tolist():
+                out[j] = view.labels[pos[j]]
         return out
 
     def sample_ids(self, view: View, n: int, rng: np.random.Generator) -> list:

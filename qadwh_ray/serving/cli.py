@@ -122,5 +122,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("qadwh serve: shutting down", file=sys.stderr)
-        serve.shutdown()
+        serve.delete(args.name)  # only this application: others on a shared cluster keep serving
     return 0

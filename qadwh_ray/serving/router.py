@@ -252,7 +252,10 @@ class Router:
             except ApiError as exc:
                 return exc
 
-        resolved = await asyncio.gather(*(resolve(q, t) for q, t in zip(queries, timings)))
+        if len(queries) == 1:  # the common case: no task for gather to schedule
+            resolved = [await resolve(queries[0], timings[0])]
+        else:
+            resolved = await asyncio.gather(*(resolve(q, t) for q, t in zip(queries, timings)))
         ok = [j for j, r in enumerate(resolved) if not isinstance(r, ApiError)]
         out: list = list(resolved)
         if not ok:
