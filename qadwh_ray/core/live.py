@@ -111,8 +111,8 @@ class LiveIndex:
                 continue  # already applied (a re-read segment)
             if self._changes and c.seq <= self._changes[-1].seq:
                 raise ValueError(f"changes out of log order: {c.seq} after {self._changes[-1].seq}")
-            if c.code is not None and len(c.code) * 8 != self.nbits:
-                raise ValueError(f"change {c.seq} (item {c.id}): a {len(c.code) * 8}-bit code for a {self.nbits}-bit index")
+            if c.code is not None and len(c.code) != self.codes.shape[1]:
+                raise ValueError(f"change {c.seq} (item {c.id}): a {len(c.code)}-byte code for {self.codes.shape[1]}-byte codes")
             self._changes.append(c)
         self.position = int(position)
 
@@ -146,7 +146,7 @@ class LiveIndex:
                 visible = np.ones(self.ids.size, dtype=bool)
                 visible[pos[hit]] = False
         puts = sorted((c for c in latest.values() if c.is_put), key=lambda c: c.id)
-        nb = self.nbits // 8
+        nb = self.codes.shape[1]
         ids = np.asarray([c.id for c in puts], dtype=np.int64)
         codes = np.frombuffer(b"".join(c.code for c in puts), dtype=np.uint8).reshape(len(puts), nb) if puts else np.zeros((0, nb), np.uint8)
         lab_lists = [None if c.labels is None else list(c.labels) for c in puts]
