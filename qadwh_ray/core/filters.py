@@ -85,7 +85,7 @@ def topk_of_codes(query_codes, codes, ids, weights, mode: str, k: int, nbits: in
     if codes.shape[0] == 0 or nq == 0:
         return dist, out
     w_int, exps = query_weights(weights, mode, nq, nbits)
-    ones = np.ones(nbits, dtype=np.int64)
+    ones = np.ones(codes.shape[1] * 8, dtype=np.int64)  # padding bits never differ
     for i in range(nq):
         d = table_distances(query_codes[i], codes, w_int[i], exps[i])
         sel = None

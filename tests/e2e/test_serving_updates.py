@@ -421,6 +421,6 @@ def test_readme_client_example_runs_as_written(service, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 — the documented example itself
-    assert scope["hits"].version == service["fx"].version and len(scope["hits"]) == 10
+    assert scope["hits"].version == service["client"].index()["version"] and len(scope["hits"]) == 10
     assert all(set(h.label_names) & {"Sneaker", "Sandal"} for h in scope["hits"])
     assert scope["up"].op == "put" and len(scope["batch"].results) == 2
