@@ -229,16 +229,17 @@ def _searcher(client, rng, stop, answers, errors):
             errors.append(str(exc))
 
 
-def _run(service, seconds_or_event, writers=2, searchers=3, during=None):
+def _run(service, seconds_or_event, writers=2, searchers=3, during=None, client=None):
+    client = client or service["client"]
     stop = threading.Event()
     acked, answers, w_err, s_err = [], [], [], []
     unsure: set = set()
     ts = []
     for n in range(writers):
         ids = np.arange(850_000 + 1000 * n, 850_000 + 1000 * n + 40)
-        ts.append(threading.Thread(target=_writer, args=(service["client"], ids, np.random.default_rng(n), stop, acked, unsure, w_err)))
+        ts.append(threading.Thread(target=_writer, args=(client, ids, np.random.default_rng(n), stop, acked, unsure, w_err)))
     for n in range(searchers):
-        ts.append(threading.Thread(target=_searcher, args=(service["client"], np.random.default_rng(100 + n), stop, answers, s_err)))
+        ts.append(threading.Thread(target=_searcher, args=(client, np.random.default_rng(100 + n), stop, answers, s_err)))
     for t in ts:
         t.start()
     t0 = time.monotonic()
@@ -321,7 +322,11 @@ def test_killed_shards_and_router_lose_no_acknowledged_update(service):
 
 
 def test_load_of_updates_and_searches_has_no_failures_and_one_position_per_answer(service):
-    acked, unsure, answers, w_err, s_err, secs = _run(service, 15, writers=2, searchers=4)
+    from qadwh_ray.client import Client
+
+    S.wait_ready(service["base"], timeout=180)  # after the kill test: every replica back
+    no_retries = Client(service["base"], token=TOKEN, retries=0, timeout_s=120)  # a 503 counts as a failure here
+    acked, unsure, answers, w_err, s_err, secs = _run(service, 15, writers=2, searchers=4, client=no_retries)
     assert not w_err and not s_err and not unsure, (w_err[:2], s_err[:2])
     states = States(service)
     positions = Counter()
