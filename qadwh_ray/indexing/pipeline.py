@@ -87,11 +87,9 @@ class BuildOptions:
     decode_cpus: float = 0.25
     read_tasks: int | None = None  # concurrent read/decode (and part-write) tasks (default: half the cluster's CPUs, at least 2)
     max_retries: int = 3  # retries of a compaction task whose worker died
-    image_size: int | None = None  # expected source image size (default: the first image's)
-    source_format: str = "auto"
-    image_column: str = "image"
-    label_column: str | None = "label"
-    id_column: str | None = "id"
+    image_size: int | None = None  # size images are read at (default: the model's input size)
+    part: str = "database"  # which part of the dataset's split to index (or "all")
+    split: str | None = None  # a saved split.json (default: the dataset's seeded split)
     split_seed: int = 0
     version: str | None = None
     publish: bool = True
@@ -423,13 +421,10 @@ def build_index(
         source,
         num_classes=cfg.num_classes,
         in_channels=cfg.in_channels,
-        image_size=opts.image_size,
+        image_size=opts.image_size or cfg.image_size,
         split_seed=opts.split_seed,
-        source_format=opts.source_format,
-        image_column=opts.image_column,
-        label_column=opts.label_column,
-        id_column=opts.id_column,
-        work_rows=opts.block_rows,
+        part=opts.part,
+        split_uri=opts.split,
     )
     if plan.n_rows == 0:
         raise IndexBuildError(f"source {source} holds no rows")

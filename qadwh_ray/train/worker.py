@@ -22,6 +22,7 @@ from qadwh_ray.data.transforms import resize, to_float_tensor, train_augment
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes
+from qadwh_ray.model.config import ModelConfig
 from qadwh_ray.model.network import build_model
 from qadwh_ray.train.data import DATASET_NAME, BatchPlan, iter_local_batches
 
@@ -57,8 +58,8 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
 
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point. ``config``: ``train_config`` (TrainConfig dict), ``plan`` (BatchPlan dict),
-    ``val`` (object ref of the validation arrays, or None), ``train_arrays`` (refs of the training images and
-    labels: the validation database), ``threads`` and ``progress`` (a step bar)."""
+    ``val`` (object ref of the validation queries and database, or None), ``model_config`` (the network, from
+    the data), ``dataset`` (the DatasetInfo dict the checkpoint records), ``threads`` and ``progress``."""
     cfg = TrainConfig.from_dict(config["train_config"])
     plan = BatchPlan(**config["plan"])
     ctx = ray.train.get_context()
@@ -67,7 +68,7 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg.model_config(), cfg.pretrained).to(device)
+    net = build_model(ModelConfig.from_dict(config["model_config"]), cfg.pretrained).to(device)
     optimizer = make_optimizer(net, cfg)  # freezes W for NINH: before DDP sees the parameters
     scheduler = make_scheduler(optimizer, cfg)
     start_step, history = _restore(ray.train.get_checkpoint(), net, optimizer, scheduler)
@@ -91,8 +92,7 @@ def train_loop_per_worker(config: dict) -> dict:
     spe = plan.steps_per_epoch
     val = None
     if rank == 0 and config.get("val") is not None:  # validation MAP: held-out images vs the training images
-        val = dict(ray.get(config["val"]))
-        val["db_images"], val["db_labels"] = ray.get(list(config["train_arrays"]))
+        val = ray.get(config["val"])
     shard = ray.train.get_dataset_shard(DATASET_NAME)
 
     def new_epoch():
@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict) -> dict:
         history.append(row)
         if rank == 0:
             print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history)
+        _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, config.get("dataset"))
         info.update(steps=step, history=history)
         sums, t_epoch = new_epoch()
         rng, aug_gen = _seeds(cfg, rank, plan.epoch_of(step))
@@ -168,7 +168,7 @@ def _progress_bar(plan: BatchPlan, start_step: int):
     return bar
 
 
-def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history) -> None:
+def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, dataset=None) -> None:
     """Rank 0 reports the metrics with a checkpoint (model incl. W, optimiser, schedule, step, config,
     split seed); the other ranks report the same metrics without one."""
     name = checkpoint_dir_name(step)
@@ -184,6 +184,7 @@ def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history) -> 
         train_config=cfg.to_dict(),
         split_seed=cfg.split_seed,
         history=history,
+        dataset=dataset,
     )
     with tempfile.TemporaryDirectory(prefix="qadwh-ckpt-") as d:
         with open(os.path.join(d, FILENAME), "wb") as f:
