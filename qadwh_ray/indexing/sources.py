@@ -268,7 +268,9 @@ _CATALOGS: dict = {}
 
 
 def _catalog_of(ref):
-    """The catalog behind an ObjectRef, fetched once per worker process."""
+    """The catalog behind an ObjectRef, fetched once per worker process (a catalog itself passes through)."""
+    if not hasattr(ref, "hex"):
+        return ref
     key = ref.hex()
     if key not in _CATALOGS:
         import ray
