@@ -19,7 +19,18 @@ def _data(n=120, classes=10, seed=0):
 
 
 def _shards(ray, images, labels, plan, world):
-    dc = ClassBalancedDataConfig(ray.put(images), ray.put(labels), plan)
+    """The rank streams over a real dataset: the images written as a Parquet table and read back by the tasks."""
+    import tempfile
+
+    from qadwh_ray.data.catalog import open_catalog
+    from qadwh_ray.data.writers import write_parquet_images
+    from qadwh_ray.train.data import training_source
+
+    root = tempfile.mkdtemp(prefix="qadwh-train-data-")
+    write_parquet_images(f"{root}/train.parquet", images, labels, row_group_size=16)
+    cat = open_catalog(f"{root}/train.parquet")
+    source = training_source(cat, np.arange(len(cat)), image_size=images.shape[1])
+    dc = ClassBalancedDataConfig(ray.put(source), ray.put(labels), plan)
     per_rank = dc.configure({"train": epochs_dataset(plan)}, world, None, None)
     return [its["train"] for its in per_rank]
 

@@ -40,7 +40,7 @@ ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def small_data():
     data = load_retrieval_data("fashion", split_seed=0, val_fraction=0.1)
     data = limit_training(data, 160, seed=0)
-    return dataclasses.replace(data, val_images=data.val_images[:60], val_labels=data.val_labels[:60])
+    return dataclasses.replace(data, val_pos=data.val_pos[:60])
 
 
 def _identity(self, x):
