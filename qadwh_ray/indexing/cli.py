@@ -41,8 +41,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=_env_default("QADWH_INDEX_URI"), help="index root URI (local path or s3://) [$QADWH_INDEX_URI]")
     g.add_argument("--shards", type=int, default=None, help="number of shards (default: one per million items)")
     g.add_argument("--skip-bad", action="store_true", help="skip bad rows (listed in the manifest) instead of failing")
-    g.add_argument("--part", default="database", choices=["database", "query", "train", "all"],
-                   help="which part of the dataset's split to index (default: its database)")
+    g.add_argument("--part", default=None, choices=["database", "query", "train", "all"],
+                   help="which part of the dataset's split to index (default: the database part for fashion, "
+                        "fashion-multilabel or a given --split; every image of any other dataset)")
     g.add_argument("--split", default=None, help="a saved split.json (default: the dataset's seeded split)")
     g.add_argument("--image-size", type=int, default=None, help="size images are read at (default: the model's input size)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the dataset's split")

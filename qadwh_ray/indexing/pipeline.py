@@ -88,7 +88,7 @@ class BuildOptions:
     read_tasks: int | None = None  # concurrent read/decode (and part-write) tasks (default: half the cluster's CPUs, at least 2)
     max_retries: int = 3  # retries of a compaction task whose worker died
     image_size: int | None = None  # size images are read at (default: the model's input size)
-    part: str = "database"  # which part of the dataset's split to index (or "all")
+    part: str | None = None  # which part of the dataset's split to index; default: sources.plan_source
     split: str | None = None  # a saved split.json (default: the dataset's seeded split)
     split_seed: int = 0
     version: str | None = None

@@ -136,15 +136,20 @@ def plan_source(
     in_channels: int = 1,
     image_size: int | tuple[int, int] | None = None,
     split_seed: int = 0,
-    part: str = "database",
+    part: str | None = None,
     split_uri: str | None = None,
 ) -> SourcePlan:
     """Plan reading ``part`` ("database", "query", "train" or "all") of the dataset ``spec`` (a URI
     or built-in name, :mod:`qadwh_ray.data.catalog`) for a model with ``num_classes`` classes and
-    ``in_channels`` channels; the part comes from ``split_uri`` or the dataset's seeded split."""
+    ``in_channels`` channels; the part comes from ``split_uri`` or the dataset's seeded split.
+
+    Default part: a built-in set's or a given split's "database" (the evaluation protocol's), a
+    catalogue URI's "all" (production indexes every image)."""
     mode = _mode_for(in_channels)
     if spec.startswith("fashion:"):  # the older spelling of a built-in part
         spec, part = "fashion", spec.split(":", 1)[1]
+    if part is None:
+        part = "database" if spec in ("fashion", "fashion-multilabel") or split_uri else "all"
     if part not in FASHION_PARTS:
         raise ValueError(f"unknown dataset part {part!r}: choose one of {', '.join(FASHION_PARTS)}")
     if spec == "fashion" and split_uri is None:  # the 70,000 arrays shared zero-copy by every task

@@ -14,8 +14,9 @@ How the stream is built (everything lazy, nothing collected in the driver):
 2. :class:`ClassBalancedDataConfig` (a ``ray.train.DataConfig``) turns it, for
    each rank, into a pipeline ``epoch → (step, slot, index)`` rows (the sampler
    replayed for ``(seed, epoch)``: ints only) ``→`` the rank's slots ``→``
-   ``image`` + ``label`` columns: the images read from the dataset's own files
-   and decoded in the Ray Data tasks (:mod:`qadwh_ray.data.readers`). Only the
+   ``image`` + ``label`` columns: the images read from the dataset's own files,
+   decoded, normalised and augmented in the Ray Data tasks
+   (:mod:`qadwh_ray.data.readers`, :func:`prepare_images`). Only the
    catalog (ids, labels, file locations) is in the object store, never the
    pixels, so a training set larger than the object store still trains.
 3. Each rank's pipeline runs with ``preserve_order=True``, so its rows arrive in
@@ -156,7 +157,8 @@ def _training_source(source_ref) -> dict:
 
 
 class _RankSlice:
-    """Ray Data UDF: keep one rank's slots of every global batch, read and decode their images."""
+    """Ray Data UDF: keep one rank's slots of every global batch; read, decode, normalise and augment
+    their images (the CPU work of the input pipeline, off the training worker)."""
 
     def __init__(self, source_ref, rank: int, local_batch: int):
         self.source_ref = source_ref
@@ -168,20 +170,49 @@ class _RankSlice:
 
         keep = np.asarray(batch["slot"]) // self.local_batch == self.rank
         index = np.asarray(batch["index"])[keep]
+        steps = np.asarray(batch["step"])[keep]
         src = _training_source(self.source_ref)
         size = src["image_size"]
-        images, _ = read_images(src["catalog"], src["positions"][index], size=(size, size))
+        positions = src["positions"][index]
+        images, _ = read_images(src["catalog"], positions, size=(size, size))
         return {
-            "step": np.asarray(batch["step"])[keep],
+            "step": steps,
             "index": index,
-            "image": images,
-            "label": src["catalog"].labels[src["positions"][index]],
+            "image": prepare_images(images, steps, self.rank, src),
+            "label": src["catalog"].labels[positions],
         }
 
 
-def training_source(catalog, positions: np.ndarray, image_size: int) -> dict:
-    """What the rank pipelines read training images from: metadata only, put in the object store once."""
-    return {"catalog": catalog, "positions": np.asarray(positions, dtype=np.int64), "image_size": int(image_size)}
+def prepare_images(images: np.ndarray, steps: np.ndarray, rank: int, src: dict) -> np.ndarray:
+    """uint8 pixels -> the float32 ``(n, C, H, W)`` batch the network trains on: normalised, and with
+    ``augment`` randomly cropped, flipped (and erased) with one random stream per (seed, step, rank) —
+    the same whichever task or block a step's rows land in."""
+    import torch
+
+    from qadwh_ray.data.transforms import to_float_tensor, train_augment
+
+    x = to_float_tensor(images, mean=src["mean"], std=src["std"])
+    if src["augment"]:
+        for step in np.unique(steps).tolist():
+            rows = np.flatnonzero(steps == step)
+            seed = int(np.random.default_rng([src["seed"], step, rank, 1]).integers(2**62))
+            x[rows] = train_augment(x[rows], torch.Generator().manual_seed(seed), erase=src["erase"])
+    return x.numpy()
+
+
+def training_source(catalog, positions: np.ndarray, image_size: int, model_config, cfg) -> dict:
+    """What the rank pipelines read training images from (metadata only, put in the object store once)
+    and how they prepare them: the model's input size and normalisation, the config's augmentation."""
+    return {
+        "catalog": catalog,
+        "positions": np.asarray(positions, dtype=np.int64),
+        "image_size": int(image_size),
+        "mean": model_config.mean,
+        "std": model_config.std,
+        "augment": bool(cfg.augment),
+        "erase": float(cfg.erase_probability),
+        "seed": int(cfg.seed),
+    }
 
 
 def rank_dataset(epochs_ds, source_ref, labels_ref, plan: BatchPlan, rank: int, world_size: int, num_cpus: float = 0.0):
@@ -247,7 +278,7 @@ def epochs_dataset(plan: BatchPlan):
 
 class LocalBatch(NamedTuple):
     step: int
-    images: "torch.Tensor"  # (b, H, W[, 3]) uint8 on the training device
+    images: "torch.Tensor"  # (b, C, H, W) float32 on the training device: normalised and augmented
     labels: "torch.Tensor"  # (b, c) float32 on the training device
     index: np.ndarray  # rows of the training arrays (for checks)
 

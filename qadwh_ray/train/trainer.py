@@ -232,7 +232,7 @@ def train_on_ray(
 
     # ---- inputs: the catalog (no pixels) in the object store once; each worker streams its slice via
     # Ray Data, whose tasks read and decode the images; validation images (a capped sample) are small
-    source_ref = ray.put(training_source(data.catalog, data.train_pos, data.image_size))
+    source_ref = ray.put(training_source(data.catalog, data.train_pos, data.image_size, model_config, cfg))
     labels_ref = ray.put(np.ascontiguousarray(data.train_labels))
     val_ref = None
     if len(data.val_pos):

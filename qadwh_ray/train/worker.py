@@ -18,7 +18,6 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
-from qadwh_ray.data.transforms import resize, to_float_tensor, train_augment
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes
@@ -31,11 +30,10 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_step{step:08d}"
 
 
-def _seeds(cfg: TrainConfig, rank: int, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Per (rank, epoch) random streams: a run resumed at an epoch boundary draws what an uninterrupted one would."""
-    rng = np.random.default_rng([cfg.seed, rank, epoch])
-    aug = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, rank, epoch, 1]).integers(2**62)))
-    return rng, aug
+def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator:
+    """Per (rank, epoch) triplet-sampling stream: a run resumed at an epoch boundary draws what an
+    uninterrupted one would (augmentation is seeded per step in the Ray Data tasks)."""
+    return np.random.default_rng([cfg.seed, rank, epoch])
 
 
 def _restore(checkpoint, net, optimizer, scheduler) -> tuple[int, list[dict]]:
@@ -88,7 +86,6 @@ def train_loop_per_worker(config: dict) -> dict:
     if start_step >= plan.total_steps:
         return info  # already complete: nothing to train, the latest checkpoint stands
 
-    mc = net.config
     spe = plan.steps_per_epoch
     val = None
     if rank == 0 and config.get("val") is not None:  # validation MAP: held-out images vs the training images
@@ -100,14 +97,10 @@ def train_loop_per_worker(config: dict) -> dict:
 
     step = start_step
     sums, t_epoch = new_epoch()
-    rng, aug_gen = _seeds(cfg, rank, plan.epoch_of(step))
+    rng = _triplet_rng(cfg, rank, plan.epoch_of(step))
     bar = _progress_bar(plan, start_step) if rank == 0 and config.get("progress") else None
     for batch in iter_local_batches(shard, plan, world, start_step, device):
-        x = to_float_tensor(batch.images, mean=mc.mean, std=mc.std)
-        if cfg.augment:
-            x = train_augment(x, aug_gen, erase=cfg.erase_probability)
-        if x.shape[-1] != mc.image_size:
-            x = resize(x, mc.image_size)
+        x = batch.images  # normalised and augmented by the Ray Data tasks (train/data.py)
         parts = train_step(model, optimizer, x, batch.labels, cfg, rng, gather, epoch=plan.epoch_of(step))
         sums["loss"] += float(parts.total.detach()) / world  # Σ over ranks = the global batch's loss
         sums["triplet"] += parts.triplet
@@ -152,7 +145,7 @@ def train_loop_per_worker(config: dict) -> dict:
         _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, config.get("dataset"))
         info.update(steps=step, history=history)
         sums, t_epoch = new_epoch()
-        rng, aug_gen = _seeds(cfg, rank, plan.epoch_of(step))
+        rng = _triplet_rng(cfg, rank, plan.epoch_of(step))
     if bar is not None:
         bar.close()
     return info
