@@ -12,7 +12,7 @@
 
 ``jobs/index.py`` runs the same ``index`` command under ``ray job submit``.
 Storage locations come from the arguments or the environment
-(``QADWH_CHECKPOINT``, ``QADWH_INDEX_SOURCE``, ``QADWH_INDEX_URI``).
+(``QADWH_CHECKPOINT``, ``QADWH_DATA``, ``QADWH_INDEX_URI``).
 Exit status: 0 done; 1 the build or a re-index check failed (current version
 untouched, reason printed); 2 bad arguments or bad input.
 """

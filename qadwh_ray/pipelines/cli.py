@@ -8,7 +8,7 @@ verify → publish → service swap.
 
 The index arguments are those of ``qadwh index`` (``--out`` is the index root;
 checks always run). Storage locations may come from the environment
-(``QADWH_CHECKPOINT``, ``QADWH_INDEX_SOURCE``, ``QADWH_INDEX_URI``,
+(``QADWH_CHECKPOINT``, ``QADWH_DATA``, ``QADWH_INDEX_URI``,
 ``QADWH_STORAGE``, ``QADWH_SERVICE_URL``). Exit status: 0 published (and
 swapped); 1 a stage failed — the previous version still serves, reason
 printed; 2 bad arguments.
