@@ -299,7 +299,7 @@ def _image_column_type_ok(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
 
 
-def _open_parquet(uri: str, class_names: list[str] | None) -> Catalog:
+def _open_parquet(uri: str, class_names: list[str] | None, num_classes: int | None = None) -> Catalog:
     files = parquet_files(uri)
     label_col = kind = None
     multi = False
@@ -393,7 +393,7 @@ def _open_parquet(uri: str, class_names: list[str] | None) -> Catalog:
             i = int(np.flatnonzero(cls < 0)[0])
             raise DatasetError(f"negative class {int(cls[i])} for id {int(ids[rows[i]])} in {uri}")
         if names is None:
-            names = [str(c) for c in range(int(cls.max()) + 1)]
+            names = [str(c) for c in range(num_classes or int(cls.max()) + 1)]
         if cls.size and cls.max() >= len(names):
             i = int(np.flatnonzero(cls >= len(names))[0])
             raise DatasetError(
@@ -432,10 +432,11 @@ def _open_builtin(name: str, split_seed: int) -> Catalog:
     return Catalog(info, np.arange(n, dtype=np.int64), mosaics.label_matrix, builtin_seed=int(split_seed))
 
 
-def open_catalog(uri: str, *, split_seed: int = 0) -> Catalog:
+def open_catalog(uri: str, *, split_seed: int = 0, num_classes: int | None = None) -> Catalog:
     """Open a dataset by URI (or built-in name); reads metadata and one image, no pixels.
 
-    ``split_seed`` matters only for ``fashion-multilabel``, whose mosaics are drawn per seed.
+    ``split_seed`` matters only for ``fashion-multilabel``, whose mosaics are drawn per seed;
+    ``num_classes`` (a model's) is how many classes integer labels without names range over.
     """
     if not isinstance(uri, str) or not uri:
         raise DatasetError(f"a dataset is a URI or one of {', '.join(BUILTIN_DATASETS)}, got {uri!r}")
@@ -450,4 +451,4 @@ def open_catalog(uri: str, *, split_seed: int = 0) -> Catalog:
     is_parquet = uri.lower().endswith(PARQUET_EXTENSIONS) or (
         storage.is_dir(uri) and bool(storage.list_files(uri, recursive=True, suffixes=PARQUET_EXTENSIONS))
     )
-    return _open_parquet(uri, names) if is_parquet else _open_folder(uri, names)
+    return _open_parquet(uri, names, num_classes) if is_parquet else _open_folder(uri, names)

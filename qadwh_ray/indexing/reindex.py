@@ -283,7 +283,8 @@ def reindex(
     expected = (current.num_items if incremental and current else 0) + result.rows_read - result.bad_rows
     query_spec = copts.queries
     if query_spec == "auto":
-        query_spec = None if source.startswith("fashion-augmented") else source  # the dataset's own query part
+        # the dataset's own query part (augmented Fashion-MNIST: the real set's)
+        query_spec = "fashion" if source.startswith("fashion-augmented") else source
     if query_spec in ("", "none", "None"):
         query_spec = None
     try:

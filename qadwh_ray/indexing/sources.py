@@ -169,7 +169,7 @@ def plan_source(
     from qadwh_ray.data.split import Split
     from qadwh_ray.learning.datasets import dataset_split
 
-    cat = open_catalog(spec, split_seed=split_seed)
+    cat = open_catalog(spec, split_seed=split_seed, num_classes=num_classes)
     if part == "all":
         positions = np.arange(len(cat), dtype=np.int64)
     else:
