@@ -38,10 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadwh_ray import storage
+from qadwh_ray.core.bits import code_bytes
 from qadwh_ray.index.format import (
     Manifest,
     ShardInfo,
     check_shard_bytes,
+    class_names_for,
     make_shard_table,
     shard_file_name,
     shard_of_ids,
@@ -163,7 +165,7 @@ class Encoder:
             torch.set_num_threads(max(1, int(threads)))
         self.device = device
         self.model = model_from_payload(payload).to(device)
-        self.nbytes = self.model.config.nbits // 8
+        self.nbytes = code_bytes(self.model.config.nbits)
         self.fault_marker = fault_marker
 
     def _maybe_crash(self) -> None:
@@ -269,7 +271,7 @@ def compact_shard(
     for uri in part_uris:
         with storage.open_input(uri) as f:
             tables.append(pq.read_table(f))
-    schema = make_shard_table(np.zeros(0, np.int64), np.zeros((0, nbits // 8), np.uint8), None, None, nbits).schema
+    schema = make_shard_table(np.zeros(0, np.int64), np.zeros((0, code_bytes(nbits)), np.uint8), None, None, nbits).schema
     new = pa.concat_tables(tables) if tables else schema.empty_table().append_column(_PART_SCHEMA_EXTRA, pa.array([], pa.int64()))
     rows = new.column("_row").to_numpy()
     if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
@@ -376,8 +378,13 @@ def build_index(
     incremental: bool = False,
     ray_address: str | None = None,
     checks: dict | None = None,
+    class_names: list | None = None,
 ) -> BuildResult:
     """Encode ``source`` with ``checkpoint`` into a new version of the index at ``out``.
+
+    ``class_names``: the dataset's names of classes 0, 1, ... (default: those
+    the source gives; the manifest records them, see
+    :func:`qadwh_ray.index.format.class_names_for`).
 
     ``incremental``: append the source's items to the current version (encoded
     with the same checkpoint, which must match the current version's) without
@@ -396,11 +403,6 @@ def build_index(
     cfg = ModelConfig.from_dict(payload["model_config"])
     ckpt = _checkpoint_record(payload)
     del payload
-    if cfg.nbits % 8:
-        raise ValueError(
-            f"checkpoint {checkpoint} has {cfg.nbits}-bit codes; the index stores whole bytes, so index and serve "
-            f"models whose code length is a multiple of 8 (train with nbits=16, 24, 32, 48, ...)"
-        )
 
     base = None
     if incremental:
@@ -428,6 +430,15 @@ def build_index(
     )
     if plan.n_rows == 0:
         raise IndexBuildError(f"source {source} holds no rows")
+    try:
+        names = class_names_for(cfg.num_classes, class_names if class_names is not None else plan.class_names)
+    except ValueError as exc:
+        raise IndexBuildError(f"source {source}: {exc} (the model has {cfg.num_classes} classes)") from None
+    if base is not None and base.class_names is not None and base.class_names != names:
+        raise IndexBuildError(
+            f"incremental build: source {source} names its classes {names[:10]}, version {base.version} {base.class_names[:10]}; "
+            "run a full re-index to change the classes"
+        )
     if base is not None:
         num_shards = base.num_shards
         if opts.shards is not None and opts.shards != num_shards:
@@ -559,6 +570,7 @@ def build_index(
             checkpoint=ckpt,
             created_at=utc_iso(),
             num_classes=cfg.num_classes if plan.labeled else None,
+            class_names=names,
             sources=(list(base.sources) if base else []) + [src_record],
             bad_rows=bad_rows[:MAX_LISTED_BAD] + (list(base.bad_rows) if base else [])[: max(0, MAX_LISTED_BAD - len(bad_rows))],
             bad_row_count=len(bad_rows) + (base.bad_row_count if base else 0),
