@@ -31,7 +31,7 @@ def default_chunk(device: str | torch.device) -> int:
 
 @dataclass
 class EncodeResult:
-    codes: np.ndarray  # (n, nbits/8) uint8, packed little-endian
+    codes: np.ndarray  # (n, ceil(nbits/8)) uint8, packed little-endian, padding bits 0
     qadwh_weights: np.ndarray  # (n, nbits) float32, eq. 14
     dwh_weights: np.ndarray  # (nbits,) float32
     logits: np.ndarray  # (n, c) float32

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from index_helpers import local_codes, save_model
+from index_helpers import RGB_CLASSES, local_codes, rgb_12bit_model, rgb_folder, save_model
 
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index import IndexStore, open_index
@@ -87,3 +87,34 @@ def test_bad_input_is_named_then_skipped_and_listed(ray_cluster, tmp_path):
     keep = np.isin(data.ids, good + 1000)
     assert data.codes[keep].tobytes() == local_codes(ckpt, images[good]).tobytes()
     assert data.sources[0].endswith("db.parquet#row=0")
+
+
+def test_12_bit_rgb_folder_index_keeps_the_real_length_and_the_class_names(ray_cluster, tmp_path):
+    """The paper's 12 bits: codes stored in 2 bytes with zero padding, the manifest says 12
+    bits and the folder's own class names, and search over the stored codes equals a
+    brute force over the unpadded bits."""
+    from qadwh_ray.core.bits import unpack_bits
+
+    files = rgb_folder(str(tmp_path / "pets"))
+    pixels = np.stack([px for _, px in files.values()])
+    ckpt = rgb_12bit_model(tmp_path / "m12.pt", pixels)
+    res = build_index(ckpt, str(tmp_path / "pets"), str(tmp_path / "index"), BuildOptions(shards=2, **FAST))
+    m = res.manifest
+    assert m.code_bits == 12 and m.code_bytes == 2 and m.num_items == len(files)
+    assert m.class_names == list(RGB_CLASSES) and m.num_classes == len(RGB_CLASSES)
+    assert m.sources[0]["kind"] == "folder" and m.sources[0]["mode"] == "RGB"
+    reader = open_index(str(tmp_path / "index"))
+    assert reader.manifest.class_names == list(RGB_CLASSES)  # as published
+    data = reader.read_all()
+    by_path = [files[s] for s in data.sources]
+    assert [c for c, _ in by_path] == data.labels.argmax(1).tolist()
+    expected = local_codes(ckpt, np.stack([px for _, px in by_path]))
+    assert data.codes.shape == (len(files), 2) and data.codes.tobytes() == expected.tobytes()
+    assert not (data.codes[:, 1] & 0xF0).any()  # padding bits are zero
+    bits = unpack_bits(data.codes, 12).astype(np.int64)
+    assert len(np.unique(bits, axis=0)) > 10
+    d, ids = reader.load_all().search(data.codes[:3], 10, mode="hamming")
+    ham = (bits[:3, None, :] != bits[None, :, :]).sum(-1)
+    for q in range(3):
+        order = np.lexsort((data.ids, ham[q]))[:10]
+        assert ids[q].tolist() == data.ids[order].tolist() and d[q].tolist() == ham[q][order].tolist()
