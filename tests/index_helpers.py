@@ -40,45 +40,28 @@ def save_model(path, seed: int = 0, nbits: int = 16, degenerate: bool = False, *
     return str(path)
 
 
-#: Classes of the RGB test folder: not Fashion-MNIST's, and not ten of them.
-RGB_CLASSES = ("amber", "cobalt", "fern", "plum", "slate")
-_TINTS = np.array([(255, 170, 40), (40, 90, 255), (60, 200, 80), (170, 60, 200), (150, 160, 170)], dtype=np.float64)
+def rgb_folder(root: str, per_class: int = 8, size: int = 32) -> tuple[list, dict]:
+    """A small :func:`own_data.make_rgb_folder` (5 classes that are not Fashion-MNIST's, RGB).
 
+    Returns the class names (the sorted folder names, i.e. class indices) and
+    ``{file path: (class, RGB pixels as decoded from the file)}`` in sorted path order."""
+    from own_data import RGB_CLASSES, make_rgb_folder
 
-def rgb_folder(root, per_class: int = 8, size: int = 32) -> dict:
-    """An RGB image folder ``root/<class>/<i>.png|jpg`` of the classes :data:`RGB_CLASSES`:
-    Fashion-MNIST images regrouped (label mod 5), tinted by class, resized to
-    ``size`` x ``size``, every other one a JPEG. Returns ``{file path: (class, RGB pixels
-    as decoded from the file)}`` in sorted path order."""
-    import io
-    import os
-
-    from PIL import Image
-
-    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray import storage
     from qadwh_ray.data.transforms import decode_image
 
-    images, labels = load_fashion_mnist()
-    out = {}
-    for c, name in enumerate(RGB_CLASSES):
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        rows = np.flatnonzero(labels[:5000] % len(RGB_CLASSES) == c)[:per_class]
-        for j, r in enumerate(rows.tolist()):
-            rgb = (images[r][..., None] * (_TINTS[c] / 255.0)).astype(np.uint8)
-            img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
-            fmt, ext = ("JPEG", "jpg") if j % 2 else ("PNG", "png")
-            buf = io.BytesIO()
-            img.save(buf, format=fmt)
-            path = os.path.join(root, name, f"{j:03d}.{ext}")
-            with open(path, "wb") as f:
-                f.write(buf.getvalue())
-            out[path] = (c, decode_image(buf.getvalue(), mode="RGB"))
-    return dict(sorted(out.items()))
+    make_rgb_folder(root, per_class=per_class, size=size)
+    names = sorted(RGB_CLASSES)
+    files = {}
+    for c, name in enumerate(names):
+        for path in storage.list_files(storage.join(root, name), recursive=True):
+            files[path] = (c, decode_image(storage.read_bytes(path), mode="RGB", source=path))
+    return names, dict(sorted(files.items()))
 
 
-def rgb_12bit_model(path, pixels: np.ndarray) -> str:
-    """A 12-bit model for :func:`rgb_folder` images (RGB, 5 classes), centred on ``pixels``."""
-    return save_model(path, nbits=12, images=pixels, in_channels=3, num_classes=len(RGB_CLASSES), image_size=pixels.shape[1])
+def rgb_12bit_model(path, pixels: np.ndarray, num_classes: int) -> str:
+    """A 12-bit model for RGB ``pixels`` (``(n, H, H, 3)``) with ``num_classes`` classes, centred on them."""
+    return save_model(path, nbits=12, images=pixels, in_channels=3, num_classes=num_classes, image_size=pixels.shape[1])
 
 
 def local_codes(checkpoint: str, images: np.ndarray) -> np.ndarray:

@@ -378,13 +378,8 @@ def build_index(
     incremental: bool = False,
     ray_address: str | None = None,
     checks: dict | None = None,
-    class_names: list | None = None,
 ) -> BuildResult:
     """Encode ``source`` with ``checkpoint`` into a new version of the index at ``out``.
-
-    ``class_names``: the dataset's names of classes 0, 1, ... (default: those
-    the source gives; the manifest records them, see
-    :func:`qadwh_ray.index.format.class_names_for`).
 
     ``incremental``: append the source's items to the current version (encoded
     with the same checkpoint, which must match the current version's) without
@@ -431,7 +426,7 @@ def build_index(
     if plan.n_rows == 0:
         raise IndexBuildError(f"source {source} holds no rows")
     try:
-        names = class_names_for(cfg.num_classes, class_names if class_names is not None else plan.class_names)
+        names = class_names_for(cfg.num_classes, plan.class_names)
     except ValueError as exc:
         raise IndexBuildError(f"source {source}: {exc} (the model has {cfg.num_classes} classes)") from None
     if base is not None and base.class_names is not None and base.class_names != names:

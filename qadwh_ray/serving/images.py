@@ -51,7 +51,7 @@ def class_names(manifest, num_classes: Optional[int]) -> Optional[list]:
 def has_item_images(manifest) -> bool:
     """Whether the version says where its items' images are (built-in sets, or a source URI per item)."""
     kinds = {s.get("kind") for s in (manifest.sources or []) if isinstance(s, dict)}
-    return bool(kinds) and kinds <= {*_FASHION_KINDS, "folder", "parquet"}
+    return bool(kinds) and kinds <= {*_FASHION_KINDS, "dataset", "folder", "parquet"}
 
 
 def check_pixels(width: int, height: int, limit: int) -> None:
