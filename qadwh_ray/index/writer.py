@@ -13,15 +13,7 @@ import numpy as np
 
 from qadwh_ray import storage
 from qadwh_ray.core.bits import check_codes
-from qadwh_ray.index.format import (
-    Manifest,
-    ShardInfo,
-    class_names_for,
-    make_shard_table,
-    shard_file_name,
-    shard_of_ids,
-    shard_table_bytes,
-)
+from qadwh_ray.index.format import Manifest, ShardInfo, class_names_for, make_shard_table, shard_file_name, shard_of_ids, shard_table_bytes
 from qadwh_ray.index.store import IndexStore, utc_iso
 
 __all__ = ["write_index"]
