@@ -425,15 +425,13 @@ def build_index(
     )
     if plan.n_rows == 0:
         raise IndexBuildError(f"source {source} holds no rows")
-    try:
-        names = class_names_for(cfg.num_classes, plan.class_names)
-    except ValueError as exc:
-        raise IndexBuildError(f"source {source}: {exc} (the model has {cfg.num_classes} classes)") from None
-    if base is not None and base.class_names is not None and base.class_names != names:
-        raise IndexBuildError(
-            f"incremental build: source {source} names its classes {names[:10]}, version {base.version} {base.class_names[:10]}; "
-            "run a full re-index to change the classes"
-        )
+    if base is not None and base.class_names is not None:
+        names = list(base.class_names)  # the same checkpoint, so the same classes as the version appended to
+    else:
+        try:
+            names = class_names_for(cfg.num_classes, plan.class_names)
+        except ValueError as exc:
+            raise IndexBuildError(f"source {source}: {exc} (the model has {cfg.num_classes} classes)") from None
     if base is not None:
         num_shards = base.num_shards
         if opts.shards is not None and opts.shards != num_shards:
