@@ -17,7 +17,7 @@ import numpy as np
 
 from qadwh_ray import storage
 
-__all__ = ["Split", "paper_split", "multilabel_split", "validation_split"]
+__all__ = ["Split", "paper_split", "multilabel_split", "validation_split", "class_split"]
 
 _FORMAT = "qadwh-split"
 _VERSION = 1
@@ -237,3 +237,59 @@ def validation_split(
     val_part = np.sort(np.concatenate(val))
     train_part = np.setdiff1d(idx, val_part)
     return train_part.astype(np.int64), val_part.astype(np.int64)
+
+
+def _take(count: int | float, available: int, name: str) -> int:
+    """A per-class count from an int (capped by what is there) or a fraction in (0, 1)."""
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or count <= 0:
+        raise ValueError(f"{name} must be a positive count or a fraction in (0, 1), got {count!r}")
+    if isinstance(count, float) and count < 1:
+        return max(1, int(round(count * available)))
+    return int(count)
+
+
+def class_split(
+    label_matrix: np.ndarray,
+    ids: np.ndarray,
+    seed: int = 0,
+    queries: int | float = 0.1,
+    train: int | float = 0.5,
+    max_queries: int = 100,
+    max_train: int = 500,
+) -> Split:
+    """The paper's protocol for any labelled collection: per class, ``queries`` query items and
+    ``train`` training items (counts, or fractions of the class), capped at ``max_queries`` /
+    ``max_train``; the database is everything else. Each item is drawn for its first class
+    (multi-label items too), so every class has queries, training items and database items.
+
+    The parts hold item *ids* (``ids``), so a split file stays valid when the collection grows.
+    Defaults work from a few hundred images (5 classes x 60 images: 6 / 30 / 24 per class) up to
+    the paper's 100 / 500 per class. Deterministic for a seed.
+    """
+    lm = np.asarray(label_matrix)
+    ids = np.asarray(ids, dtype=np.int64)
+    if lm.ndim != 2 or lm.shape[0] != ids.shape[0]:
+        raise ValueError(f"label_matrix must be ({ids.shape[0]}, c), got {lm.shape}")
+    first = lm.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    query, training, database = [], [], []
+    for c in np.unique(first):
+        members = rng.permutation(np.flatnonzero(first == c))
+        nq = min(_take(queries, members.size, "queries"), max_queries)
+        nt = min(_take(train, members.size, "train"), max_train)
+        if members.size < nq + nt + 1:
+            raise ValueError(
+                f"class {int(c)} has {members.size} items: too few for {nq} queries + {nt} training items + a database "
+                f"(give smaller per-class counts, or more images)"
+            )
+        query.append(members[:nq])
+        training.append(members[nq : nq + nt])
+        database.append(members[nq + nt :])
+    return Split(
+        query=np.sort(ids[np.concatenate(query)]),
+        train=np.sort(ids[np.concatenate(training)]),
+        database=np.sort(ids[np.concatenate(database)]),
+        seed=int(seed),
+        protocol="per-class",
+        params={"queries": queries, "train": train, "max_queries": max_queries, "max_train": max_train},
+    ).validate()

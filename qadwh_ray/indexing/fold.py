@@ -149,7 +149,7 @@ def _apply_to_shards(store: IndexStore, manifest: Manifest, folded: dict, droppe
         if puts:
             new = make_shard_table(
                 np.asarray([e.id for e in puts], dtype=np.int64),
-                np.frombuffer(b"".join(bytes.fromhex(e.code) for e in puts), dtype=np.uint8).reshape(len(puts), nbits // 8),
+                np.frombuffer(b"".join(bytes.fromhex(e.code) for e in puts), dtype=np.uint8).reshape(len(puts), manifest.code_bytes),
                 pa.array([list(e.labels) if e.labels else None for e in puts], type=pa.list_(pa.int32())),
                 None,
                 nbits,

@@ -18,7 +18,7 @@ import numpy as np
 
 from qadwh_ray.serving.fanout import Backends
 
-__all__ = ["ActiveVersion", "prepare_version", "version_class_names"]
+__all__ = ["ActiveVersion", "prepare_version"]
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,12 @@ class ActiveVersion:
         return "L" if self.in_channels == 1 else "RGB"
 
 
-def version_class_names(manifest, num_classes: Optional[int]) -> Optional[list]:
-    """The class names a version records (its manifest's, else those its sources define)."""
-    names = getattr(manifest, "class_names", None)
-    if names:
-        return list(names)
-    from qadwh_ray.serving.images import class_names
-
-    return class_names(manifest, num_classes)
-
-
 async def prepare_version(store, version: str, backends: Backends, checkpoint_override: Optional[str], position: int) -> ActiveVersion:
     """Read the version's manifest, load its model in the encoder and the version in every
     shard (at log ``position`` or later); raises when the version cannot be served."""
     from qadwh_ray.index.reader import IndexReader
     from qadwh_ray.serving.encoder import checkpoint_ref
-    from qadwh_ray.serving.images import image_kind
+    from qadwh_ray.serving.images import class_names, image_kind
 
     reader = await asyncio.to_thread(IndexReader, store, version)
     m = reader.manifest
@@ -91,7 +81,7 @@ async def prepare_version(store, version: str, backends: Backends, checkpoint_ov
         num_classes=int(info["num_classes"]),
         dwh_weights=np.asarray(info["dwh_weights"]),
         W=np.asarray(info["W"]),
-        class_names=version_class_names(m, info["num_classes"]),
+        class_names=class_names(m, info["num_classes"]),
         image_kind=image_kind(m),
         created_at=m.created_at,
         log_base=m.log_position,

@@ -1,6 +1,9 @@
 import pytest
 
 from qadwh_ray.learning.config import TrainConfig, load_config, parse_overrides
+from qadwh_ray.data.catalog import DatasetInfo
+
+FASHION_INFO = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -9,7 +12,7 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(str(path), ["epochs=3", "lr=1", "pretrained=null"])
     assert (cfg.nbits, cfg.lr, cfg.epochs, cfg.triplet_form, cfg.pretrained) == (32, 1.0, 3, "reference", None)
     assert isinstance(cfg.lr, float)
-    assert load_config(str(path), ["flip_average=true"]).model_config().flip_average  # reaches the checkpoint
+    assert load_config(str(path), ["flip_average=true"]).model_config(FASHION_INFO, 28).flip_average  # reaches the checkpoint
 
 
 @pytest.mark.parametrize(

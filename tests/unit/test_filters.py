@@ -11,16 +11,18 @@ from qadwh_ray.core.search import HashIndex, query_weights, reference_distances,
 
 
 def _data(seed=0, n=1500, nbits=16, c=6):
+    from qadwh_ray.core.bits import pack_bits
+
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(100_000, n, replace=False)).astype(np.int64)
-    codes = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+    codes = pack_bits(rng.integers(0, 2, (n, nbits)))  # zero padding bits for a length not a multiple of 8
     labels = (rng.random((n, c)) < 0.3).astype(np.uint8)
     labels[: n // 10] = 0  # some unlabeled items
     return rng, ids, codes, labels
 
 
-def _brute(q, codes, ids, weights, mode, k, allowed, radius=None):
-    nbits = codes.shape[1] * 8
+def _brute(q, codes, ids, weights, mode, k, allowed, radius=None, nbits=None):
+    nbits = nbits or codes.shape[1] * 8
     wi, e = query_weights(weights, mode, q.shape[0], nbits)
     dist = reference_distances(q, codes, wi, e)
     ham = reference_distances(q, codes, *query_weights(None, "hamming", q.shape[0], nbits))
@@ -63,20 +65,21 @@ def test_label_filter_semantics():
     assert not LabelFilter(all_of=(7,)).matches(labels, 4).any()
 
 
-@pytest.mark.parametrize("mode", ["qadwh", "dwh", "hamming"])
-def test_topk_among_equals_brute_force_for_every_selectivity(mode):
-    rng, ids, codes, labels = _data(2)
-    nbits = 16
+@pytest.mark.parametrize("mode,nbits", [("qadwh", 16), ("dwh", 16), ("hamming", 16), ("qadwh", 12), ("hamming", 12)])
+def test_topk_among_equals_brute_force_for_every_selectivity(mode, nbits):
+    from qadwh_ray.core.bits import pack_bits
+
+    rng, ids, codes, labels = _data(2, nbits=nbits)
     index = HashIndex(nbits, device="cpu")
     index.add(codes, ids)
-    q = rng.integers(0, 256, (5, 2), dtype=np.uint8)
+    q = pack_bits(rng.integers(0, 2, (5, nbits)))
     w = {"qadwh": rng.uniform(0.1, 2, (5, nbits)), "dwh": rng.uniform(0.1, 2, nbits), "hamming": None}[mode]
     for flt in (LabelFilter(any_of=(0,)), LabelFilter(all_of=(1, 2)), LabelFilter(any_of=(0, 1, 2, 3, 4, 5)),
                 LabelFilter(all_of=(0, 1, 2, 3))):
         allowed = flt.matches(labels, ids.size)
         for k in (1, 9, 60, 2000):
             d, got = topk_among(index, codes, q, w, mode, k, allowed)
-            for i, want in enumerate(_brute(q, codes, ids, w, mode, k, allowed)):
+            for i, want in enumerate(_brute(q, codes, ids, w, mode, k, allowed, nbits=nbits)):
                 _same(d[i], got[i], want)
 
 
@@ -113,9 +116,12 @@ def _apply(ids, codes, labels, changes, p):
     return out_ids, out_codes, out_labels
 
 
-def test_live_index_answers_as_of_any_position_like_brute_force():
-    rng, ids, codes, labels = _data(4, n=800)
-    nbits, c = 16, labels.shape[1]
+@pytest.mark.parametrize("nbits", [16, 12])
+def test_live_index_answers_as_of_any_position_like_brute_force(nbits):
+    from qadwh_ray.core.bits import pack_bits
+
+    rng, ids, codes, labels = _data(4, n=800, nbits=nbits)
+    c = labels.shape[1]
     live = LiveIndex(nbits, ids, codes, labels, base_position=10, num_classes=c)
     changes = []
     seq = 10
@@ -130,10 +136,10 @@ def test_live_index_answers_as_of_any_position_like_brute_force():
         else:  # a new item
             i = int(rng.integers(100_000, 200_000))
         lab = tuple(sorted(set(rng.integers(0, c, rng.integers(0, 3)).tolist())))
-        changes.append(Change(seq, i, rng.integers(0, 256, 2, dtype=np.uint8).tobytes(), lab))
+        changes.append(Change(seq, i, pack_bits(rng.integers(0, 2, (1, nbits)))[0].tobytes(), lab))
     live.apply(changes[:60], changes[59].seq)
     live.apply(changes[40:], changes[-1].seq)  # re-reading applied changes is harmless
-    q = rng.integers(0, 256, (4, 2), dtype=np.uint8)
+    q = pack_bits(rng.integers(0, 2, (4, nbits)))
     w = rng.uniform(0.1, 2, (4, nbits))
     for p in (10, changes[30].seq, changes[-1].seq):
         view = live.view(p)
@@ -147,7 +153,8 @@ def test_live_index_answers_as_of_any_position_like_brute_force():
                     wq = w[i] if mode == "qadwh" else (w[0] if mode == "dwh" else None)
                     queries.append(LiveQuery(q[i], wq, mode, k, radius, flt))
                     bw = None if mode == "hamming" else wq[None, :]
-                    wants.append(_brute(q[i : i + 1], vc, vi, bw, "hamming" if mode == "hamming" else "qadwh", k, allowed, radius)[0])
+                    wants.append(_brute(q[i : i + 1], vc, vi, bw, "hamming" if mode == "hamming" else "qadwh", k, allowed, radius,
+                                        nbits)[0])
         for (d, got), want in zip(live.search_many(queries, view), wants):
             _same(d, got, want)
         for i in vi[:5].tolist() + [int(vi[-1])]:

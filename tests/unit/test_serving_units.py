@@ -132,6 +132,13 @@ def test_code_and_weight_parsing():
         with pytest.raises(ApiError) as e:
             parse_code(bad, 16)
         assert e.value.status == 422
+    # a 12-bit code travels as its 2 packed bytes; bits 12..15 (the high nibble of byte 1) are padding
+    assert parse_code("ff0f", 12) == b"\xff\x0f"
+    for bad, msg in (("fff", "3 hex digits; this index uses 12-bit codes, sent as 2 bytes"), ("ff1f", "bits 12..15 pad a 12-bit code")):
+        with pytest.raises(ApiError, match=msg) as e:
+            parse_code(bad, 12)
+        assert e.value.status == 422 and e.value.error == "invalid_code"
+    assert parse_weights([1.0] * 12, 12) == [1.0] * 12
     assert parse_weights([1.0] * 16, 16) == [1.0] * 16
     for bad in ([1.0] * 15, [float("nan")] + [1.0] * 15, [-0.5] + [1.0] * 15, [float("inf")] * 16):
         with pytest.raises(ApiError):
@@ -170,3 +177,24 @@ def test_short_searches_run_inline_long_ones_in_a_thread():
         return short, long_
 
     assert asyncio.run(both()) == (("short", True), ("long", False))
+
+
+def test_class_names_come_from_the_manifest():
+    from qadwh_ray.index.format import Manifest
+    from qadwh_ray.serving.images import class_names, has_item_images
+
+    def manifest(names, sources):
+        return Manifest(version="v1", code_bits=12, num_items=0, shards=[], checkpoint={}, created_at="2026-01-01T00:00:00Z",
+                        num_classes=5, class_names=names, sources=sources)
+
+    folder = [{"kind": "folder", "uri": "/data/pets", "rows": 9}]
+    names = ["cat", "dog", "fox", "owl", "yak"]
+    assert class_names(manifest(names, folder), 5) == names and has_item_images(manifest(names, folder))
+    assert class_names(manifest(names, folder), 7) is None  # a checkpoint with other classes: no names
+    fashion = [{"kind": "fashion", "uri": "fashion:all"}]
+    assert class_names(manifest(names, fashion), 5) == names  # the manifest's names win over the built-in ones
+    old = Manifest(version="v1", code_bits=16, num_items=0, shards=[], checkpoint={}, created_at="2026-01-01T00:00:00Z",
+                   num_classes=10, sources=fashion)  # written before manifests carried class names
+    assert class_names(old, 10)[0] == "T-shirt/top"
+    assert class_names(manifest(None, folder), 5) is None
+    assert not has_item_images(manifest(names, [{"kind": "arrays", "rows": 3}]))
