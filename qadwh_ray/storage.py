@@ -358,6 +358,14 @@ def list_files(uri: str, *, recursive: bool = True, suffixes: tuple[str, ...] | 
 # ------------------------------------------------------------------ writing
 
 
+def _temp_beside(uri: str, path: str) -> tuple[int, str]:
+    """A hidden temporary file in ``path``'s directory (created if needed): ``(fd, its path)``."""
+    directory = os.path.dirname(path)
+    with _errors_named(uri):
+        os.makedirs(directory, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+
+
 @contextlib.contextmanager
 def open_output(uri: str) -> Iterator[IO[bytes]]:
     """Context manager yielding a writable binary stream; the data becomes
@@ -381,10 +389,7 @@ def open_output(uri: str) -> Iterator[IO[bytes]]:
     path = local_path(uri)
     if os.path.isdir(path):
         raise IsADirectoryError(f"is a directory, cannot write a file there: {uri}")
-    directory = os.path.dirname(path)
-    with _errors_named(uri):
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = _temp_beside(uri, path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -433,9 +438,7 @@ def create_bytes(uri: str, data: bytes) -> bool:
         return _s3_create(uri, bytes(data))
     path = local_path(uri)
     directory = os.path.dirname(path)
-    with _errors_named(uri):
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = _temp_beside(uri, path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
