@@ -8,9 +8,13 @@ so that the console shows only:
 * the command's own lines (stages, tables, results);
 * the lines workers print with :func:`console_print` (the training workers'
   per-epoch metrics) and progress bars (``ray.experimental.tqdm_ray``: the
-  step bar of training), relayed from the workers' output stream, and any
-  ``ERROR`` / ``Traceback`` line of a worker;
+  step bar of training), relayed from the workers' output stream (a failing
+  task or actor still fails the command with its traceback);
 * records of Ray's Python loggers at ERROR.
+
+Ray's C++ core also writes notices to the process's own stderr (file
+descriptor 2, below Python); those go to ``<logs>/driver-native.err`` while
+Python's ``sys.stderr`` keeps the terminal.
 
 Everything else stays in the session's log directory, which commands print
 once (:func:`ray_log_dir`): every worker's and replica's output in
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from typing import Optional
 
@@ -33,7 +36,7 @@ __all__ = ["init_ray", "quiet_ray_console", "ray_log_dir", "console_print"]
 _RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "ray.air")
 _DRIVER_LOG = "driver.log"
 _CONSOLE_MARK = "[qadwh] "  # a worker line meant for the user's console (stripped by the relay)
-_ALWAYS = re.compile(r"^\s*(ERROR\b|Traceback \(most recent call last\))")
+_NATIVE_STDERR = "driver-native.err"
 
 
 class _ErrorsOnly(logging.Filter):
@@ -83,8 +86,13 @@ def ray_log_dir() -> Optional[str]:
 
 
 def console_print(text: str) -> None:
-    """Print a line from a Ray worker that the driver's console shows (through :func:`init_ray`'s relay)."""
-    print(_CONSOLE_MARK + text, flush=True)
+    """Print a line from a Ray worker that the driver's console shows (through :func:`init_ray`'s relay).
+
+    Written to the process's own stdout: Ray Train's workers patch ``print`` to
+    log as well, which would relay the line twice."""
+    out = sys.__stdout__ or sys.stdout
+    out.write(_CONSOLE_MARK + text + "\n")
+    out.flush()
 
 
 def _relay(data: dict) -> None:
@@ -93,7 +101,7 @@ def _relay(data: dict) -> None:
     from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
     keep = [ln[len(_CONSOLE_MARK):] if ln.startswith(_CONSOLE_MARK) else ln for ln in data.get("lines", [])
-            if ln.startswith(_CONSOLE_MARK) or RAY_TQDM_MAGIC in ln or _ALWAYS.match(ln)]
+            if ln.startswith(_CONSOLE_MARK) or RAY_TQDM_MAGIC in ln]
     if keep:
         print_worker_logs({**data, "lines": keep}, sys.stderr if data.get("is_err") else sys.stdout, ignore_prefix=True)
 
@@ -104,6 +112,16 @@ def _install_relay() -> None:
     dispatcher = ray_worker.global_worker_stdstream_dispatcher
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", _relay)
+
+
+def _native_stderr_to(path: str) -> None:
+    """File descriptor 2 (C++ writes) to ``path``; ``sys.stderr`` to the terminal it was."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
 
 
 def init_ray(**kwargs) -> Optional[str]:
@@ -117,4 +135,7 @@ def init_ray(**kwargs) -> Optional[str]:
     if kwargs["log_to_driver"]:
         _install_relay()
     quiet_ray_console()
-    return ray_log_dir()
+    log_dir = ray_log_dir()
+    if log_dir is not None:
+        _native_stderr_to(os.path.join(log_dir, _NATIVE_STDERR))
+    return log_dir

@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent('''
     from qadwh_ray.ray_logs import init_ray
     logs = init_ray(address="local", num_cpus=2, include_dashboard=False)
     print("STAGE logs at", logs, flush=True)
+    os.write(2, b"[2026-01-01 00:00:00,000 E 1 1] core_worker.cc:1: a native notice\\n")  # as Ray's C++ core writes
     import ray
     from ray import serve
 
@@ -83,5 +84,7 @@ def test_console_shows_only_the_commands_lines(tmp_path):
     assert os.path.isdir(log_dir)
     with open(os.path.join(log_dir, "driver.log")) as f:
         assert "Started Serve" in f.read()  # Serve's INFO lines land here, not on the console
+    with open(os.path.join(log_dir, "driver-native.err")) as f:
+        assert "a native notice" in f.read()
     worker_out = "".join(open(os.path.join(log_dir, n), errors="replace").read() for n in os.listdir(log_dir) if n.startswith("worker-") and n.endswith(".out"))
     assert "worker stdout from a task" in worker_out
