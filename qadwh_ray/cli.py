@@ -77,13 +77,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """The ablation table from trained checkpoints (e.g. written by `qadwh train`)."""
     from qadwh_ray.learning.ablation import evaluate_checkpoints, summarize_order
     from qadwh_ray.learning.config import load_config
-    from qadwh_ray.learning.evaluate import format_table
+    from qadwh_ray.learning.evaluate import format_paired_table, format_table, paired_comparisons
 
     cfg = load_config(args.config, args.set)
     flip = {"on": True, "off": False, "checkpoint": None}[args.flip_average]
     rows = evaluate_checkpoints(args.checkpoints, args.bits, args.forms.split(","), cfg, out_dir=args.out,
                                 export_dir=args.export, flip_average=flip)
     print(format_table(rows))
+    print()
+    print("Paired differences over the same queries (95% bootstrap intervals; an interval holding 0 is a tie):")
+    print(format_paired_table(paired_comparisons(rows)))
     for line in summarize_order(rows):
         print(line)
     print(f"report in {args.out}" + (f"; ranked codes exported to {args.export}" if args.export else ""))

@@ -13,9 +13,12 @@ import time
 
 from qadwh_ray import storage
 from qadwh_ray.core.baselines import fit_itq, fit_lsh
+from qadwh_ray.core.stats import paired_difference
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
-from qadwh_ray.learning.evaluate import Ranking, RankingMetrics, evaluate_ranking, format_table
+from qadwh_ray.learning.evaluate import (
+    Ranking, RankingMetrics, evaluate_ranking, format_paired_table, format_table, paired_comparisons,
+)
 from qadwh_ray.learning.local import train_local
 from qadwh_ray.model.checkpoint import load_payload, model_from_payload, newest_checkpoint
 from qadwh_ray.model.encode import encode
@@ -77,18 +80,21 @@ def evaluate_models(
             rows.append(evaluate_ranking(ranking, data.query_labels, data.db_labels, data.db_ids))
             log(f"    {ranking.method:<28} {nbits:>3} bits  MAP {rows[-1].map_all:.4f}")
             if export_dir:
-                export_ranking(ranking, data.query_ids, data.query_labels, data.db_ids, data.db_labels, export_dir)
+                export_ranking(ranking, data.query_ids, data.query_labels, data.db_ids, data.db_labels, export_dir,
+                               ap=rows[-1].ap)
     return rows
 
 
 def write_report(out_dir: str, data: RetrievalData, cfg: TrainConfig, rows: list[RankingMetrics], runs: list[dict],
                  plots: bool = True) -> None:
+    pairs = paired_comparisons(rows)
     report = {
         "dataset": data.name, "split_seed": cfg.split_seed, "config": cfg.to_dict(), "runs": runs,
-        "metrics": [dict(vars(m)) for m in rows],
+        "metrics": [m.summary() for m in rows], "paired": [p.summary() for p in pairs],
     }
     storage.write_bytes(storage.join(out_dir, "ablation.json"), json.dumps(report, indent=1).encode())
-    storage.write_bytes(storage.join(out_dir, "ablation.md"), (format_table(rows) + "\n").encode())
+    storage.write_bytes(storage.join(out_dir, "ablation.md"),
+                        (format_table(rows) + "\n\n" + format_paired_table(pairs) + "\n").encode())
     if plots and storage.is_local(out_dir):
         from qadwh_ray.learning.plots import plot_curves
 
@@ -169,15 +175,21 @@ def evaluate_checkpoints(
     return rows
 
 
-def summarize_order(rows: list[RankingMetrics]) -> list[str]:
-    """Check the paper's claim QaDWH > DWH > NINH per code length; one line per length."""
+def summarize_order(rows: list[RankingMetrics], n_resamples: int = 10_000) -> list[str]:
+    """The paper's claim QaDWH > DWH > NINH per code length, each step as a paired
+    difference over the queries with its 95% bootstrap interval; a step whose
+    interval holds 0 is a tie, and then the order is not shown."""
     lines = []
     for nbits in sorted({r.nbits for r in rows}):
-        by = {r.method: r.map_all for r in rows if r.nbits == nbits}
-        if {"QaDWH", "DWH", "NINH"} <= set(by):
-            ok = by["QaDWH"] > by["DWH"] > by["NINH"]
-            lines.append(
-                f"{nbits} bits: QaDWH {by['QaDWH']:.4f} {'>' if by['QaDWH'] > by['DWH'] else '<='} DWH {by['DWH']:.4f} "
-                f"{'>' if by['DWH'] > by['NINH'] else '<='} NINH {by['NINH']:.4f}  ({'holds' if ok else 'does not hold'})"
-            )
+        by = {r.method: r for r in rows if r.nbits == nbits}
+        if not {"QaDWH", "DWH", "NINH"} <= set(by):
+            continue
+        steps = []
+        shown = True
+        for a, b in (("QaDWH", "DWH"), ("DWH", "NINH")):
+            d = paired_difference(by[a].ap, by[b].ap, n_resamples=n_resamples)
+            shown &= d.verdict() == "higher"
+            steps.append(f"{a} − {b} {d.format()} ({'higher' if d.verdict() == 'higher' else d.verdict()})")
+        lines.append(f"{nbits} bits: " + "; ".join(steps) +
+                     f"  → QaDWH > DWH > NINH {'holds' if shown else 'is not shown'} on these queries")
     return lines

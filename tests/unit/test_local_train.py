@@ -1,6 +1,7 @@
 """A few real training steps on real Fashion-MNIST images, end to end through evaluation."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 import pyarrow.parquet as pq
 
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
-from qadwh_ray.core.metrics import mean_average_precision
+from qadwh_ray.core.metrics import average_precisions, mean_average_precision
+from qadwh_ray.core.stats import paired_difference
 from qadwh_ray.learning.ablation import evaluate_checkpoints, run_ablation, summarize_order
 from qadwh_ray.learning.export import slug
 from qadwh_ray.learning.config import TrainConfig
@@ -119,8 +121,17 @@ def test_ablation_table_has_every_ranking(small_data, tmp_path):
             dist = weighted_hamming_distances(qc, dc, np.array(q["weights"]))
         else:
             dist = hamming_distances(qc, dc).astype(float)
-        again = mean_average_precision(dist, np.array(q["labels"]), np.array(d["labels"]), db_ids=np.array(d["id"]))
-        assert again == pytest.approx(r.map_all, abs=1e-12), r.method
+        ap = average_precisions(dist, np.array(q["labels"]), np.array(d["labels"]), db_ids=np.array(d["id"]))
+        assert ap == pytest.approx(np.array(q["ap"]), abs=1e-12), r.method
+        assert ap.mean() == pytest.approx(r.map_all, abs=1e-12), r.method
+    # ... and so is every paired difference of the report, from those per-query APs
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(report["paired"]) == 21  # every pair of the 7 rankings at 8 bits
+    p = report["paired"][0]
+    ap_of = {r.method: r.ap for r in rows}
+    again = paired_difference(ap_of[p["better"]], ap_of[p["worse"]])
+    assert (again.estimate, again.low, again.high) == (p["difference"], p["low"], p["high"])
+    assert "| bits | better | worse |" in (tmp_path / "ablation.md").read_text()
 
 
 def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, monkeypatch):
