@@ -26,11 +26,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
 
 
+def _add_on_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on", choices=("validation", "test"), default="validation",
+                   help="rank the validation queries against the validation database (choose settings here), or the "
+                        "test queries against the database (score each final setting once); default validation")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from qadwh_ray.learning.datasets import load_retrieval_data
 
     data = load_retrieval_data(args.dataset, args.split_seed, args.val_fraction)
     print(data.summary())
+    val = load_retrieval_data(args.dataset, args.split_seed, args.val_fraction, evaluate_on="validation")
+    print(f"settings are chosen on {len(val.query_ids)} validation queries against a validation database of "
+          f"{len(val.db_ids)} (both from the database part, disjoint from the test queries and the training images)")
     per_class = data.query_labels.sum(axis=0).tolist()
     print(f"query labels per class: {per_class}")
     if args.out:
@@ -58,9 +67,11 @@ def _ablation(args: argparse.Namespace, forms: list[str]) -> int:
 
     cfg = load_config(args.config, args.set)
     start = time.perf_counter()
-    rows, runs = run_ablation(cfg, args.bits, forms, out_dir=args.out, progress=not args.quiet, export_dir=args.export)
+    rows, runs = run_ablation(cfg, args.bits, forms, out_dir=args.out, progress=not args.quiet, export_dir=args.export,
+                              on=args.on)
     print()
-    print(f"Ablation on {cfg.dataset} (split seed {cfg.split_seed}, backbone {cfg.backbone}, {cfg.epochs} epochs):")
+    print(f"Ablation on {cfg.dataset}, {args.on} queries (split seed {cfg.split_seed}, backbone {cfg.backbone}, "
+          f"{cfg.epochs} epochs):")
     print(format_table(rows))
     for line in summarize_order(rows):
         print(line)
@@ -82,7 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     flip = {"on": True, "off": False, "checkpoint": None}[args.flip_average]
     rows = evaluate_checkpoints(args.checkpoints, args.bits, args.forms.split(","), cfg, out_dir=args.out,
-                                export_dir=args.export, flip_average=flip)
+                                export_dir=args.export, flip_average=flip, on=args.on)
+    print(f"On the {args.on} queries and database of {cfg.dataset} (split seed {cfg.split_seed}):")
     print(format_table(rows))
     print()
     print("Paired differences over the same queries (95% bootstrap intervals; an interval holding 0 is a tie):")
@@ -141,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forms", default="plain,paper,reference", help="triplet forms to train: plain (NINH), paper, reference")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
+    _add_on_argument(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate_local)
 
@@ -153,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
     p.add_argument("--flip-average", choices=("checkpoint", "on", "off"), default="checkpoint",
                    help="encode as the mean over each image and its mirror: as the checkpoint says, or on / off")
+    _add_on_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", help="the main job: train (Ray Train), evaluate, index (Ray Data), serve (Ray Serve)")

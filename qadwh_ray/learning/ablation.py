@@ -89,7 +89,8 @@ def write_report(out_dir: str, data: RetrievalData, cfg: TrainConfig, rows: list
                  plots: bool = True) -> None:
     pairs = paired_comparisons(rows)
     report = {
-        "dataset": data.name, "split_seed": cfg.split_seed, "config": cfg.to_dict(), "runs": runs,
+        "dataset": data.name, "split_seed": cfg.split_seed, "evaluated_on": data.evaluated_on,
+        "config": cfg.to_dict(), "runs": runs,
         "metrics": [m.summary() for m in rows], "paired": [p.summary() for p in pairs],
     }
     storage.write_bytes(storage.join(out_dir, "ablation.json"), json.dumps(report, indent=1).encode())
@@ -110,8 +111,11 @@ def run_ablation(
     log=print,
     data: RetrievalData | None = None,
     export_dir: str | None = None,
+    on: str = "validation",
 ) -> tuple[list[RankingMetrics], list[dict]]:
-    data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
+    """Train every (method, bits) locally and rank on ``on``'s queries and database
+    (``validation`` to choose settings, ``test`` to report a chosen one)."""
+    data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction, evaluate_on=on)
     log(data.summary())
     if out_dir:
         data.split.save(storage.join(out_dir, "split.json"))
@@ -151,12 +155,14 @@ def check_trained_on(payload: dict, dataset: str, split_seed: int, name: str) ->
 def evaluate_checkpoints(
     checkpoint_dir: str, bits: list[int], forms: list[str], base: TrainConfig, out_dir: str | None = None,
     export_dir: str | None = None, log=print, data: RetrievalData | None = None, flip_average: bool | None = None,
+    on: str = "validation",
 ) -> list[RankingMetrics]:
-    """The ablation table from the models in ``checkpoint_dir`` (see :func:`model_checkpoint`).
+    """The ablation table from the models in ``checkpoint_dir`` (see :func:`model_checkpoint`),
+    ranked on ``on``'s queries and database (ignored when ``data`` is given).
 
     ``flip_average`` (True / False) overrides the checkpoints' own encoding setting
     (:class:`~qadwh_ray.model.config.ModelConfig`); None keeps it."""
-    data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction)
+    data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction, evaluate_on=on)
     log(data.summary())
     models = []
     for nbits in bits:

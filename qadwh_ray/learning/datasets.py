@@ -1,8 +1,12 @@
 """The retrieval experiment's data: train / validation / query / database parts.
 
 Both built-in datasets follow the paper protocol of DESIGN.md §4 with a saved,
-seeded split; validation images are held out of the training images, never
-taken from the query set.
+seeded split. Two kinds of validation, neither touching the test queries:
+``val_fraction`` holds training images out for the per-epoch validation MAP of a
+run, and ``evaluate_on="validation"`` swaps the queries and the database for the
+validation queries and database of :func:`~qadwh_ray.data.split.validation_protocol`
+(drawn from the database part), on which settings are chosen; the test queries
+are scored once per final setting (``evaluate_on="test"``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qadwh_ray.core.labels import as_label_matrix
-from qadwh_ray.data.split import Split, paper_split, validation_split
+from qadwh_ray.data.split import Split, paper_split, validation_protocol, validation_split
+
+EVALUATION_SETS = ("validation", "test")
 
 
 @dataclass
@@ -30,15 +36,19 @@ class RetrievalData:
     db_images: np.ndarray
     db_labels: np.ndarray
     db_ids: np.ndarray  # ids = row numbers in the source dataset, so results are traceable
+    evaluated_on: str = "test"  # which queries and database these are: "test" or "validation"
 
     def summary(self) -> str:
         return (
             f"{self.name}: train {len(self.train_images)}, val {len(self.val_images)}, "
-            f"queries {len(self.query_images)}, database {len(self.db_images)} (split seed {self.split.seed})"
+            f"{self.evaluated_on} queries {len(self.query_images)}, {self.evaluated_on} database {len(self.db_images)} "
+            f"(split seed {self.split.seed})"
         )
 
 
-def load_retrieval_data(dataset: str = "fashion", split_seed: int = 0, val_fraction: float = 0.1) -> RetrievalData:
+def load_retrieval_data(
+    dataset: str = "fashion", split_seed: int = 0, val_fraction: float = 0.1, evaluate_on: str = "test"
+) -> RetrievalData:
     if dataset == "fashion":
         from qadwh_ray.data.fashion import load_fashion_mnist
 
@@ -54,6 +64,12 @@ def load_retrieval_data(dataset: str = "fashion", split_seed: int = 0, val_fract
         strata = None
     else:
         raise ValueError(f"unknown dataset {dataset!r}; choose fashion or fashion-multilabel")
+    if evaluate_on == "test":
+        query, database = split.query, split.database
+    elif evaluate_on == "validation":
+        query, database = validation_protocol(split, labels)
+    else:
+        raise ValueError(f"evaluate_on must be one of {', '.join(EVALUATION_SETS)}, got {evaluate_on!r}")
     if val_fraction > 0:
         train_idx, val_idx = validation_split(split.train, val_fraction, seed=split_seed, labels=strata)
     else:
@@ -65,12 +81,13 @@ def load_retrieval_data(dataset: str = "fashion", split_seed: int = 0, val_fract
         train_labels=labels[train_idx],
         val_images=images[val_idx],
         val_labels=labels[val_idx],
-        query_images=images[split.query],
-        query_labels=labels[split.query],
-        query_ids=np.asarray(split.query, dtype=np.int64),
-        db_images=images[split.database],
-        db_labels=labels[split.database],
-        db_ids=np.asarray(split.database, dtype=np.int64),
+        query_images=images[query],
+        query_labels=labels[query],
+        query_ids=np.asarray(query, dtype=np.int64),
+        db_images=images[database],
+        db_labels=labels[database],
+        db_ids=np.asarray(database, dtype=np.int64),
+        evaluated_on=evaluate_on,
     )
 
 

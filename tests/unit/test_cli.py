@@ -8,7 +8,8 @@ from qadwh_ray.cli import main
 def test_data_command_prints_the_paper_split_and_saves_it(tmp_path, capsys):
     assert main(["data", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "queries 1000, database 64000" in out
+    assert "test queries 1000, test database 64000" in out
+    assert "1000 validation queries against a validation database of 63000" in out
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["seed"] == 0 and len(split["query"]) == 1000
 

@@ -126,7 +126,7 @@ def test_ablation_table_has_every_ranking(small_data, tmp_path):
         assert ap.mean() == pytest.approx(r.map_all, abs=1e-12), r.method
     # ... and so is every paired difference of the report, from those per-query APs
     report = json.loads((tmp_path / "ablation.json").read_text())
-    assert len(report["paired"]) == 21  # every pair of the 7 rankings at 8 bits
+    assert len(report["paired"]) == 21 and report["evaluated_on"] == "test"  # every pair of the 7 rankings at 8 bits
     p = report["paired"][0]
     ap_of = {r.method: r.ap for r in rows}
     again = paired_difference(ap_of[p["better"]], ap_of[p["worse"]])
