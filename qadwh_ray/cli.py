@@ -14,6 +14,9 @@ from qadwh_ray import storage
 from qadwh_ray.serving.ingress import add_ingress_argument
 
 
+DEFAULT_METHODS = "ninh,qadwh,qadwh-ref"
+
+
 def _bits(text: str) -> list[int]:
     try:
         return [int(b) for b in text.split(",") if b.strip()]
@@ -60,14 +63,36 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ablation(args: argparse.Namespace, forms: list[str]) -> int:
+def _methods(args: argparse.Namespace, default: str) -> list[str]:
+    """``--methods``, or the former ``--forms`` (plain, paper, reference) as the methods they named."""
+    from qadwh_ray.learning.methods import LEGACY_TRIPLET_FORMS, get_method
+
+    if getattr(args, "forms", None):
+        bad = [f for f in args.forms.split(",") if f not in LEGACY_TRIPLET_FORMS]
+        if bad:
+            raise ValueError(f"--forms {bad[0]!r}: the forms were {', '.join(LEGACY_TRIPLET_FORMS)}; use --methods")
+        return [LEGACY_TRIPLET_FORMS[f] for f in args.forms.split(",")]
+    names = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
+    for m in names:
+        get_method(m)
+    return names
+
+
+def _add_methods_argument(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    from qadwh_ray.learning.methods import METHODS
+
+    p.add_argument("--methods", default=default, help=f"{what}, comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--forms", help=argparse.SUPPRESS)  # the former name: plain, paper, reference
+
+
+def _ablation(args: argparse.Namespace, methods: list[str]) -> int:
     from qadwh_ray.learning.ablation import run_ablation, summarize_order
     from qadwh_ray.learning.config import load_config
     from qadwh_ray.learning.evaluate import format_table
 
     cfg = load_config(args.config, args.set)
     start = time.perf_counter()
-    rows, runs = run_ablation(cfg, args.bits, forms, out_dir=args.out, progress=not args.quiet, export_dir=args.export,
+    rows, runs = run_ablation(cfg, args.bits, methods, out_dir=args.out, progress=not args.quiet, export_dir=args.export,
                               on=args.on)
     print()
     print(f"Ablation on {cfg.dataset}, {args.on} queries (split seed {cfg.split_seed}, backbone {cfg.backbone}, "
@@ -81,7 +106,7 @@ def _ablation(args: argparse.Namespace, forms: list[str]) -> int:
 
 
 def cmd_evaluate_local(args: argparse.Namespace) -> int:
-    return _ablation(args, args.forms.split(","))
+    return _ablation(args, _methods(args, DEFAULT_METHODS))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -92,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     flip = {"on": True, "off": False, "checkpoint": None}[args.flip_average]
-    rows = evaluate_checkpoints(args.checkpoints, args.bits, args.forms.split(","), cfg, out_dir=args.out,
+    rows = evaluate_checkpoints(args.checkpoints, args.bits, _methods(args, DEFAULT_METHODS), cfg, out_dir=args.out,
                                 export_dir=args.export, flip_average=flip, on=args.on)
     print(f"On the {args.on} queries and database of {cfg.dataset} (split seed {cfg.split_seed}):")
     print(format_table(rows))
@@ -111,9 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qadwh_ray.pipelines.end_to_end import MainJobOptions, keep_serving, run_main_job, stop_service
 
     overrides = list(args.set) if args.full else [f"epochs={args.epochs}", *args.set]
-    forms = args.forms.split(",") if args.forms else (["plain", "paper", "reference"] if args.full else ["plain", "paper"])
+    methods = _methods(args, "ninh,qadwh,qadwh-ref" if args.full else "ninh,qadwh")
     opts = MainJobOptions(
-        base=load_config(args.config, overrides), bits=args.bits, forms=forms, out=args.out, shards=args.shards,
+        base=load_config(args.config, overrides), bits=args.bits, methods=methods, out=args.out, shards=args.shards,
         ray_address=args.address, host=args.host, port=args.port, ingress=args.ingress,
         progress=not args.quiet, export_dir=args.export,
     )
@@ -150,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate-local", help="train NINH / QaDWH (paper, reference) locally and print the ablation table")
     _add_config_args(p)
     p.add_argument("--bits", type=_bits, default=[12, 24, 32, 48])
-    p.add_argument("--forms", default="plain,paper,reference", help="triplet forms to train: plain (NINH), paper, reference")
+    _add_methods_argument(p, DEFAULT_METHODS, "methods to train and rank")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
     _add_on_argument(p)
@@ -159,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="the ablation table (with LSH/ITQ baselines) from trained checkpoints")
     _add_config_args(p)
-    p.add_argument("--checkpoints", required=True, help="directory/URI holding <ninh|qadwh|qadwh-ref>-<bits>.pt")
+    p.add_argument("--checkpoints", required=True, help="directory/URI holding <method>-<bits>.pt (e.g. qadwh-48.pt)")
     p.add_argument("--bits", type=_bits, default=[12, 24, 32, 48])
-    p.add_argument("--forms", default="plain,paper,reference")
+    _add_methods_argument(p, DEFAULT_METHODS, "methods whose checkpoints to rank")
     p.add_argument("--out", default="runs/evaluate")
     p.add_argument("--export", help="also write what was ranked (codes, weights, labels) as Parquet here")
     p.add_argument("--flip-average", choices=("checkpoint", "on", "off"), default="checkpoint",
@@ -175,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full-length run: 12/24/32/48 bits, NINH + QaDWH + reference form, the config's epochs")
     p.add_argument("--epochs", type=int, default=8, help="epochs per model in the quick run (ignored with --full)")
     p.add_argument("--bits", type=_bits, default=None, help="code lengths (default 48; --full: 12,24,32,48)")
-    p.add_argument("--forms", default=None, help="triplet forms to train (default plain,paper; --full adds reference)")
+    _add_methods_argument(p, None, "methods to train (default ninh,qadwh; --full adds qadwh-ref)")
     p.add_argument("--out", default="runs/main", help="directory or URI for runs, checkpoints, report and index")
     p.add_argument("--shards", type=int, default=2, help="index shards (one serving deployment each)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")

@@ -398,6 +398,7 @@ def build_index(
     cfg = ModelConfig.from_dict(payload["model_config"])
     ckpt = _checkpoint_record(payload)
     del payload
+    cfg.require_searchable(f"checkpoint {checkpoint}")
     if cfg.nbits % 8:
         raise ValueError(
             f"checkpoint {checkpoint} has {cfg.nbits}-bit codes; the index stores whole bytes, so index and serve "

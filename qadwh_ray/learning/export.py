@@ -43,7 +43,8 @@ def export_ranking(
     if ap is not None:
         q["ap"] = pa.array(np.asarray(ap, dtype=np.float64), pa.float64())
     tables = {
-        "queries.parquet": pa.table(q, metadata={"method": r.method, "nbits": str(r.nbits), "bit_order": "little"}),
+        "queries.parquet": pa.table(q, metadata={"method": r.method, "nbits": str(r.nbits), "bit_order": "little",
+                                                 "symbol_bits": str(r.symbol_bits)}),
         "database.parquet": pa.table(
             {"id": pa.array(db_ids, pa.int64()), "code": _codes(r.db_codes), "labels": _matrix(db_labels, pa.uint8())}
         ),

@@ -15,16 +15,16 @@ import torch
 
 from qadwh_ray import storage
 from qadwh_ray.model.config import ModelConfig
-from qadwh_ray.model.network import HashingNetwork
+from qadwh_ray.model.network import HashingNetwork, build_model
 
 FORMAT = "qadwh-checkpoint/1"
 FILENAME = "model.pt"  # name inside a checkpoint directory
 
 
-def _unwrap(model: torch.nn.Module) -> HashingNetwork:
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the network
-    if not isinstance(inner, HashingNetwork):
-        raise TypeError(f"expected a HashingNetwork, got {type(inner).__name__}")
+    if not isinstance(getattr(inner, "config", None), ModelConfig):
+        raise TypeError(f"expected a hashing network (from build_model), got {type(inner).__name__}")
     return inner
 
 
@@ -74,18 +74,20 @@ def load_payload(uri: str) -> dict:
     return payload
 
 
-def model_from_payload(payload: dict) -> HashingNetwork:
-    model = HashingNetwork(ModelConfig.from_dict(payload["model_config"]))
+def model_from_payload(payload: dict) -> torch.nn.Module:
+    """The network the checkpoint's model config describes (any architecture), weights loaded."""
+    model = build_model(ModelConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     # Channels-last conv weights make oneDNN's CPU convolutions and max-pooling 1.3-1.75x
     # faster for inference (benchmarks/encode_bench.py); same values, same codes there.
     return model.to(memory_format=torch.channels_last).eval()
 
 
-def load_checkpoint(uri: str) -> HashingNetwork:
+def load_checkpoint(uri: str) -> torch.nn.Module:
     """Rebuild the network from a checkpoint for inference: eval mode, on the CPU,
     conv weights channels-last."""
     return model_from_payload(load_payload(uri))
+
 
 
 def newest_checkpoint(uri: str) -> str:

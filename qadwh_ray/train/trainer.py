@@ -71,7 +71,7 @@ def default_storage() -> str:
 
 
 def default_run_name(cfg: TrainConfig) -> str:
-    return f"qadwh-{cfg.dataset}-{cfg.triplet_form}-{cfg.nbits}b-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"qadwh-{cfg.dataset}-{cfg.method}-{cfg.nbits}b-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def normalize_storage(uri: str) -> str:

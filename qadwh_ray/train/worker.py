@@ -68,7 +68,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model_config(), cfg.pretrained).to(device)
-    optimizer = make_optimizer(net, cfg)  # freezes W for NINH: before DDP sees the parameters
+    optimizer = make_optimizer(net, cfg)  # freezes W where the method does not learn it: before DDP sees it
     scheduler = make_scheduler(optimizer, cfg)
     start_step, history = _restore(ray.train.get_checkpoint(), net, optimizer, scheduler)
     model, gather = net, None
@@ -80,7 +80,8 @@ def train_loop_per_worker(config: dict) -> dict:
         model = DDP(
             net,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.cls_weight == 0,
+            # a method without a classification stream leaves the two-stream network's class head unused
+            find_unused_parameters=not cfg.method_spec.class_stream,
         )
         gather = TorchDistributedGather()
     info = {"start_step": start_step, "steps": start_step, "history": history, "world_size": world}
@@ -144,7 +145,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if val is not None and len(val["val_images"]):
             row["val_map"] = validation_map(
                 net, val["val_images"], val["val_labels"], val["db_images"], val["db_labels"],
-                weighted=cfg.triplet_form != "plain",
+                method=cfg.method,
             )
         history.append(row)
         if rank == 0:

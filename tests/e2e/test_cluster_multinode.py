@@ -194,7 +194,7 @@ def test_jobs_train_index_evaluate_serve_and_nightly_swap(cluster):
     assert v1 and f"CURRENT -> {v1}" in logs
     assert store.read_manifest(v1).num_items == 5000  # the paper split's training part
 
-    status, logs = _submit(cluster, [f"python jobs/evaluate.py --checkpoints {runs} --bits 16 --forms paper",
+    status, logs = _submit(cluster, [f"python jobs/evaluate.py --checkpoints {runs} --bits 16 --methods qadwh",
                                      f"--out {report}"])
     assert status == "SUCCEEDED", logs[-4000:]
     methods = {m["method"] for m in json.loads((report / "ablation.json").read_text())["metrics"]}

@@ -52,7 +52,7 @@ def test_local_training_steps_checkpoint_and_keep_W_feasible(small_data, tmp_pat
 
 
 def test_ninh_keeps_W_frozen_at_one(small_data):
-    cfg = TrainConfig(nbits=8, epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4, triplet_form="plain")
+    cfg = TrainConfig(nbits=8, epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4, method="ninh")
     result = train_local(cfg, small_data, progress=False, log=lambda *_: None)
     assert torch.equal(result.model.W.detach(), torch.ones(10, 8))
 
@@ -99,7 +99,7 @@ def test_weight_lr_scale_gives_W_its_own_rate_under_the_schedule():
 
 def test_ablation_table_has_every_ranking(small_data, tmp_path):
     cfg = TrainConfig(epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4)
-    rows, runs = run_ablation(cfg, [8], ["plain", "paper", "reference"], out_dir=str(tmp_path), progress=False,
+    rows, runs = run_ablation(cfg, [8], ["ninh", "qadwh", "qadwh-ref"], out_dir=str(tmp_path), progress=False,
                               log=lambda *_: None, data=small_data, export_dir=str(tmp_path / "export"))
     methods = [r.method for r in rows]
     assert methods == [
@@ -136,27 +136,27 @@ def test_ablation_table_has_every_ranking(small_data, tmp_path):
 
 def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=1, max_steps=1, classes_per_batch=4, images_per_class=4)
-    run_ablation(cfg, [8], ["paper"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
+    run_ablation(cfg, [8], ["qadwh"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
     monkeypatch.setattr("qadwh_ray.learning.ablation.load_retrieval_data", lambda *a, **k: small_data)
-    rows = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None)
+    rows = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None)
     assert [r.method for r in rows][-1] == "QaDWH"
     # --flip-average on: the same rankings as the model whose own config says so
     from qadwh_ray.learning.ablation import evaluate_models
     from qadwh_ray.model.checkpoint import load_checkpoint
 
-    flipped = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None, flip_average=True)
+    flipped = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None, flip_average=True)
     model = load_checkpoint(str(tmp_path / "qadwh-8.pt"))
     model.config = dataclasses.replace(model.config, flip_average=True)
-    expect = evaluate_models([("paper", 8, model)], small_data, log=lambda *_: None)
+    expect = evaluate_models([("qadwh", 8, model)], small_data, log=lambda *_: None)
     assert [r.map_all for r in flipped] == [r.map_all for r in expect]
     with pytest.raises(FileNotFoundError, match="ninh-8.pt"):
-        evaluate_checkpoints(str(tmp_path), [8], ["plain"], cfg, log=lambda *_: None)
+        evaluate_checkpoints(str(tmp_path), [8], ["ninh"], cfg, log=lambda *_: None)
     # A model trained on another split or dataset is refused, not silently ranked.
     with pytest.raises(ValueError, match="split_seed=0 but this evaluation uses split_seed=3"):
-        evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None,
+        evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None,
                              data=dataclasses.replace(small_data, split=dataclasses.replace(small_data.split, seed=3)))
     with pytest.raises(ValueError, match=r"dataset=.fashion-multilabel.; evaluate it with --set dataset=fashion$"):
-        evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg.replace(dataset="fashion-multilabel"), log=lambda *_: None,
+        evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg.replace(dataset="fashion-multilabel"), log=lambda *_: None,
                              data=small_data)
 
 
