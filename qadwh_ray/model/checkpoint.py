@@ -15,7 +15,7 @@ import torch
 
 from qadwh_ray import storage
 from qadwh_ray.model.config import ModelConfig
-from qadwh_ray.model.network import HashingNetwork, build_model
+from qadwh_ray.model.network import build_model
 
 FORMAT = "qadwh-checkpoint/1"
 FILENAME = "model.pt"  # name inside a checkpoint directory

@@ -27,3 +27,19 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "qadwh_ray.cli", "--help"], capture_output=True, text=True, check=True)
     for sub in ("train-local", "evaluate-local", "data", "run"):
         assert sub in out.stdout
+
+
+def test_methods_are_named_once_and_the_former_forms_still_parse(tmp_path, capsys):
+    from qadwh_ray.cli import _methods, build_parser
+
+    parse = build_parser().parse_args
+    assert _methods(parse(["evaluate", "--checkpoints", "x"]), "") == ["ninh", "qadwh", "qadwh-ref"]
+    assert _methods(parse(["run"]), "ninh,qadwh") == ["ninh", "qadwh"]
+    assert _methods(parse(["evaluate", "--checkpoints", "x", "--methods", "isdh,doh"]), "") == ["isdh", "doh"]
+    assert _methods(parse(["evaluate", "--checkpoints", "x", "--forms", "plain,paper,reference"]), "") == [
+        "ninh", "qadwh", "qadwh-ref"]
+    assert parse(["evaluate", "--checkpoints", "x"]).on == "validation"
+    assert main(["evaluate", "--checkpoints", str(tmp_path), "--methods", "dwh"]) == 2
+    assert "DWH is the qadwh model ranked with one fixed weight vector" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoints", str(tmp_path), "--forms", "hamming"]) == 2
+    assert "--forms 'hamming'" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 import pyarrow.parquet as pq
 
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
-from qadwh_ray.core.metrics import average_precisions, mean_average_precision
+from qadwh_ray.core.metrics import average_precisions
 from qadwh_ray.core.stats import paired_difference
 from qadwh_ray.learning.ablation import evaluate_checkpoints, run_ablation, summarize_order
 from qadwh_ray.learning.export import slug
