@@ -119,3 +119,22 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="n_resamples must be a positive integer"):
         paired_difference([1, 2], [1, 2], n_resamples=0)
     assert Interval(0.0012, -0.0003, 0.0027, 5, "t").format() == "+0.0012 [-0.0003, +0.0027]"
+
+
+def test_seed_tables_pair_the_reference_with_each_ranking_seed_by_seed():
+    from qadwh_ray.learning.seeds import format_seed_tables, seed_differences, seed_means
+
+    ev = {
+        0: [{"nbits": 12, "method": "QaDWH", "map_all": 0.80}, {"nbits": 12, "method": "NINH", "map_all": 0.78}],
+        1: [{"nbits": 12, "method": "QaDWH", "map_all": 0.82}, {"nbits": 12, "method": "NINH", "map_all": 0.81}],
+        2: [{"nbits": 12, "method": "QaDWH", "map_all": 0.79}, {"nbits": 12, "method": "ISDH", "map_all": 0.70}],
+    }
+    means = {m.method: m for m in seed_means(ev)}
+    assert means["QaDWH"].seeds == [0, 1, 2] and means["QaDWH"].interval == mean_interval([0.80, 0.82, 0.79])
+    assert means["ISDH"].interval is None and means["ISDH"].values == [0.70]
+    (d,) = seed_differences(ev)  # ISDH shares one seed with QaDWH: no interval
+    assert (d.other, d.seeds) == ("NINH", [0, 1])
+    assert d.interval.estimate == pytest.approx(((0.80 - 0.78) + (0.82 - 0.81)) / 2)
+    assert d.interval == mean_interval([0.80 - 0.78, 0.82 - 0.81])
+    table = format_seed_tables(list(means.values()), [d])
+    assert "| 12 | ISDH | 1 | 0.7000 (one seed) |" in table and "| 12 | QaDWH − NINH | 2 |" in table
