@@ -76,7 +76,6 @@ def make_baseline_app(root: str, version: str):
 
     torch.set_num_threads(1)
     dwh = model.dwh_weights().detach().float().numpy()
-    nbits = reader.manifest.code_bits
     app = FastAPI()
 
     class Body(BaseModel):
@@ -100,7 +99,7 @@ def make_baseline_app(root: str, version: str):
             enc = encode(model, img[None], batch_size=1)
             code, w = enc.codes, enc.qadwh_weights
         else:
-            code = np.frombuffer(bytes.fromhex(b.code), dtype=np.uint8).reshape(1, nbits // 8)
+            code = np.frombuffer(bytes.fromhex(b.code), dtype=np.uint8).reshape(1, -1)
             w = None if b.weights is None else np.asarray(b.weights)[None, :]
         weights = {"qadwh": w, "dwh": dwh, "hamming": None}[b.mode]
         d, ids = index.search(code, b.k, weights, mode=b.mode, num_threads=1)
@@ -188,7 +187,7 @@ def spread_checkpoint(path: str, nbits: int, seed: int = 0) -> str:
 
 
 def build_bench_index(work: str, items: int, shards: int, nbits: int, bases: int, log) -> tuple[str, str, str]:
-    from qadwh_ray.data.fashion import load_fashion_mnist
+    from qadwh_ray.data.fashion import CLASS_NAMES, load_fashion_mnist
     from qadwh_ray.model import encode, load_checkpoint
     from qadwh_ray.serving.testing import checkpoint_record, write_index_version
 
@@ -210,6 +209,7 @@ def build_bench_index(work: str, items: int, shards: int, nbits: int, bases: int
     ids = np.arange(items, dtype=np.int64)
     bits = np.unpackbits(base_codes[ids % bases], axis=1, bitorder="little")
     flips = rng.random(bits.shape) < 0.03
+    flips[:, nbits:] = False  # padding bits stay 0
     codes = np.packbits(bits ^ flips, axis=1, bitorder="little")
     lab = np.zeros((items, 10), dtype=np.uint8)
     lab[ids, labels[ids % bases]] = 1
@@ -223,6 +223,7 @@ def build_bench_index(work: str, items: int, shards: int, nbits: int, bases: int
         num_shards=shards,
         checkpoint=checkpoint_record(ck),
         sources=[{"kind": "synthetic", "uri": f"fashion:{bases}-bases+3%-bit-flips", "rows": items}],
+        class_names=CLASS_NAMES,
     )
     log(f"wrote {items} items in {shards} shards ({version}) in {time.perf_counter() - t:.1f} s")
     with open(marker, "w") as f:

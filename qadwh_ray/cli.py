@@ -11,6 +11,7 @@ import sys
 import time
 
 from qadwh_ray import storage
+from qadwh_ray.data.arguments import add_data_argument
 from qadwh_ray.serving.ingress import add_ingress_argument
 
 
@@ -27,6 +28,15 @@ def _bits(text: str) -> list[int]:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML training config (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    add_data_argument(p)
+
+
+def load_run_config(args: argparse.Namespace, overrides: list[str] | None = None):
+    """The config file + --set overrides, with --data as the dataset."""
+    from qadwh_ray.learning.config import load_config
+
+    cfg = load_config(args.config, args.set if overrides is None else overrides)
+    return cfg.replace(dataset=args.data) if getattr(args, "data", None) else cfg
 
 
 def _add_on_argument(p: argparse.ArgumentParser) -> None:
@@ -38,13 +48,13 @@ def _add_on_argument(p: argparse.ArgumentParser) -> None:
 def cmd_data(args: argparse.Namespace) -> int:
     from qadwh_ray.learning.datasets import load_retrieval_data
 
-    data = load_retrieval_data(args.dataset, args.split_seed, args.val_fraction)
+    data = load_retrieval_data(args.data, args.split_seed, args.val_fraction)
     print(data.summary())
-    val = load_retrieval_data(args.dataset, args.split_seed, args.val_fraction, evaluate_on="validation")
+    val = load_retrieval_data(args.data, args.split_seed, args.val_fraction, evaluate_on="validation")
     print(f"settings are chosen on {len(val.query_ids)} validation queries against a validation database of "
           f"{len(val.db_ids)} (both from the database part, disjoint from the test queries and the training images)")
     per_class = data.query_labels.sum(axis=0).tolist()
-    print(f"query labels per class: {per_class}")
+    print("query items per class: " + ", ".join(f"{n} {c}" for n, c in zip(data.class_names, per_class)))
     if args.out:
         uri = storage.join(args.out, "split.json")
         data.split.save(uri)
@@ -53,10 +63,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train_local(args: argparse.Namespace) -> int:
-    from qadwh_ray.learning.config import load_config
     from qadwh_ray.learning.local import train_local
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args)
     ckpt = storage.join(args.out, "model.pt")
     result = train_local(cfg, checkpoint_uri=ckpt, progress=not args.quiet)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; checkpoint: {ckpt}")
@@ -87,10 +96,9 @@ def _add_methods_argument(p: argparse.ArgumentParser, default: str | None, what:
 
 def _ablation(args: argparse.Namespace, methods: list[str]) -> int:
     from qadwh_ray.learning.ablation import run_ablation, summarize_order
-    from qadwh_ray.learning.config import load_config
     from qadwh_ray.learning.evaluate import format_table
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args)
     start = time.perf_counter()
     rows, runs = run_ablation(cfg, args.bits, methods, out_dir=args.out, progress=not args.quiet, export_dir=args.export,
                               on=args.on)
@@ -112,10 +120,9 @@ def cmd_evaluate_local(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The ablation table from trained checkpoints (e.g. written by `qadwh train`)."""
     from qadwh_ray.learning.ablation import evaluate_checkpoints, summarize_order
-    from qadwh_ray.learning.config import load_config
     from qadwh_ray.learning.evaluate import format_paired_table, format_table, paired_comparisons
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args)
     flip = {"on": True, "off": False, "checkpoint": None}[args.flip_average]
     rows = evaluate_checkpoints(args.checkpoints, args.bits, _methods(args, DEFAULT_METHODS), cfg, out_dir=args.out,
                                 export_dir=args.export, flip_average=flip, on=args.on)
@@ -132,13 +139,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: train (Ray Train) → evaluate → index (Ray Data) → serve (Ray Serve) → sample queries."""
-    from qadwh_ray.learning.config import load_config
     from qadwh_ray.pipelines.end_to_end import MainJobOptions, keep_serving, run_main_job, stop_service
 
     overrides = list(args.set) if args.full else [f"epochs={args.epochs}", *args.set]
     methods = _methods(args, "ninh,qadwh,qadwh-ref" if args.full else "ninh,qadwh")
     opts = MainJobOptions(
-        base=load_config(args.config, overrides), bits=args.bits, methods=methods, out=args.out, shards=args.shards,
+        base=load_run_config(args, overrides), bits=args.bits, methods=methods, out=args.out, shards=args.shards,
         ray_address=args.address, host=args.host, port=args.port, ingress=args.ingress,
         progress=not args.quiet, export_dir=args.export,
     )
@@ -159,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qadwh", description="Query-adaptive Deep Weighted Hashing on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="load a dataset, make its seeded paper-protocol split, print a summary")
-    p.add_argument("--dataset", default="fashion", choices=["fashion", "fashion-multilabel"])
+    p = sub.add_parser("data", help="describe a dataset, make its seeded split, print a summary")
+    add_data_argument(p, default="fashion")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--out", help="directory or URI to save split.json in")

@@ -5,12 +5,16 @@ Convention (DESIGN.md §7, FAISS's ``fvec2bitvec``): bit ``t`` of code position
 each byte. Packed codes are C-contiguous ``uint8`` arrays of shape
 ``(n, ceil(nbits / 8))``.
 
-Code lengths: a model may have any number of bits (the paper's ablation uses
-12); its packed codes are then padded with zero bits up to a whole byte. The
-padding bits are equal in every code, so Hamming and weighted Hamming
-distances (padding weights are zero) are exactly those of the unpadded codes.
-Everything stored or served — the index format, the search engine, the HTTP
-API — takes whole bytes only (``check_nbits``: a multiple of 8).
+Code lengths (the padding convention, used by every stage): a code may have
+any number of bits from 1 to 4096 (the paper's ablation uses 12). Its packed
+form is ``code_bytes(nbits) = ceil(nbits / 8)`` bytes; the ``8 * code_bytes -
+nbits`` padding bits (the high bits of the last byte) are always 0
+(``check_codes`` refuses a code where they are not), and their weights are 0
+(``pad_weights``). The padding bits therefore never differ between two codes
+and never weigh anything: every Hamming and weighted Hamming distance over
+the padded bytes is exactly that of the unpadded codes. The index, the search
+engine and the HTTP API store and move the padded bytes and report the real
+length ``nbits``.
 """
 
 from __future__ import annotations
@@ -20,18 +24,8 @@ import numpy as np
 BIT_ORDER = "little"
 
 
-def check_nbits(nbits: int) -> int:
-    """Return ``nbits`` as int after checking it is a positive multiple of 8."""
-    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)):
-        raise TypeError(f"code length must be an integer number of bits, got {nbits!r}")
-    nbits = int(nbits)
-    if nbits <= 0 or nbits % 8:
-        raise ValueError(f"code length must be a positive multiple of 8 bits, got {nbits}")
-    return nbits
-
-
 def check_code_length(nbits: int) -> int:
-    """Return ``nbits`` as int after checking it is a positive number of bits (a model's code length)."""
+    """Return ``nbits`` as int after checking it is a valid code length (1 to 4096 bits)."""
     if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)):
         raise TypeError(f"code length must be an integer number of bits, got {nbits!r}")
     nbits = int(nbits)
@@ -43,6 +37,12 @@ def check_code_length(nbits: int) -> int:
 def code_bytes(nbits: int) -> int:
     """Bytes per packed code of ``nbits`` bits (zero-padded to a whole byte)."""
     return (check_code_length(nbits) + 7) // 8
+
+
+def padding_mask(nbits: int) -> int:
+    """The padding bits of the last byte of a packed ``nbits``-bit code, as a byte mask (0: none)."""
+    used = check_code_length(nbits) % 8
+    return 0 if used == 0 else 0xFF & ~((1 << used) - 1)
 
 
 def pad_weights(weights: np.ndarray, nbytes: int) -> np.ndarray:
@@ -72,13 +72,9 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
 
 def unpack_bits(codes: np.ndarray, nbits: int | None = None) -> np.ndarray:
     """Unpack ``(n, nbytes)`` uint8 codes into a ``(n, nbits)`` uint8 array of 0/1 (``nbits``: all bytes' bits)."""
-    if nbits is not None and nbits % 8:
-        codes = check_codes(codes)
-        if codes.shape[1] != code_bytes(nbits):
-            raise ValueError(f"codes have {codes.shape[1]} bytes per code, expected {code_bytes(nbits)} for {nbits}-bit codes")
-        return np.unpackbits(codes, axis=1, bitorder=BIT_ORDER)[:, :nbits]
     codes = check_codes(codes, nbits)
-    return np.unpackbits(codes, axis=1, bitorder=BIT_ORDER)
+    bits = np.unpackbits(codes, axis=1, bitorder=BIT_ORDER)
+    return bits if nbits is None else bits[:, :nbits]
 
 
 def binarize(h: np.ndarray) -> np.ndarray:
@@ -93,7 +89,7 @@ def check_codes(codes: np.ndarray, nbits: int | None = None, name: str = "codes"
     """Validate packed codes and return them C-contiguous.
 
     ``codes`` must be a 2-D uint8 array; when ``nbits`` is given, each row must
-    be exactly ``nbits // 8`` bytes.
+    be exactly ``code_bytes(nbits)`` bytes with its padding bits 0.
     """
     if not isinstance(codes, np.ndarray):
         raise TypeError(f"{name} must be a numpy uint8 array, got {type(codes).__name__}")
@@ -104,10 +100,21 @@ def check_codes(codes: np.ndarray, nbits: int | None = None, name: str = "codes"
     if codes.shape[1] == 0:
         raise ValueError(f"{name} have zero bytes per code")
     if nbits is not None:
-        nbits = check_nbits(nbits)
-        if codes.shape[1] * 8 != nbits:
+        nbytes = code_bytes(nbits)
+        if codes.shape[1] != nbytes:
             raise ValueError(
                 f"{name} have {codes.shape[1]} bytes ({codes.shape[1] * 8} bits) per code, "
-                f"expected {nbits // 8} bytes for {nbits}-bit codes"
+                f"expected {nbytes} bytes for {nbits}-bit codes"
             )
+        padding = padding_mask(nbits)
+        if padding and codes.shape[0]:
+            bad = np.flatnonzero(codes[:, -1] & padding)
+            if bad.size:
+                row = int(bad[0])
+                where = f"{name} row {row}" if codes.shape[0] > 1 else name
+                more = f" ({bad.size} such rows)" if bad.size > 1 else ""
+                raise ValueError(
+                    f"{where}: bits {nbits}..{8 * nbytes - 1} pad a {nbits}-bit code to {nbytes} bytes and must be 0, "
+                    f"but its last byte is 0x{int(codes[row, -1]):02x}{more}"
+                )
     return np.ascontiguousarray(codes)

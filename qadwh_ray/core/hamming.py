@@ -1,12 +1,13 @@
 """Hamming and weighted Hamming distances on packed codes (DESIGN.md §2, §3).
 
-Codes are packed ``(n, nbits // 8)`` uint8 arrays (see :mod:`qadwh_ray.core.bits`).
+Codes are packed ``(n, nbytes)`` uint8 arrays and weights cover every stored bit
+(``8 * nbytes``; padding bits weigh 0, see :mod:`qadwh_ray.core.bits`).
 
 * Plain Hamming: XOR + popcount (``np.bitwise_count``) on the widest unsigned
   word that divides the code length (uint64 for 64/128-bit codes, ...).
 * Weighted Hamming (paper eq. 15), ``D(q, x) = sum_k w_k [b_qk != b_xk]``: per-byte
   lookup tables ``T_j[v] = sum_t w_{8j+t} [bit_t(v) != q_{8j+t}]``, so one code costs
-  ``nbits // 8`` look-ups. The summation order is fixed and documented (table
+  ``nbytes`` look-ups. The summation order is fixed and documented (table
   entries over ``t = 0..7`` ascending, then bytes ``j = 0..`` ascending, in
   float64) so every search path that reuses :func:`byte_lookup_tables` gets
   bit-identical distances, and ties are ties everywhere.

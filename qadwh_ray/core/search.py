@@ -1,6 +1,6 @@
 """Exact query-adaptive weighted-Hamming search over packed binary codes.
 
-:class:`HashIndex` holds packed codes (``nbits // 8`` bytes per item), int64
+:class:`HashIndex` holds packed codes (``ceil(nbits / 8)`` bytes per item), int64
 ids and optional 0/1 labels, and answers exact top-k queries under the plain
 Hamming distance, one weight vector for all queries (DWH) or one weight vector
 per query (QaDWH, paper eq. 15), plus Hamming-radius lookups.
@@ -29,6 +29,12 @@ power of two, so the ordering of the returned distances is the ordering of
 the integers. The snapping error is at most ``nbits * 2**(e-1)``, a relative
 ``2**-46`` of ``wmax`` for 64-bit codes. ``mode="hamming"`` uses ``W = 1``,
 ``e = 0``: distances are the integer Hamming distances as float64.
+
+Code lengths that are not a multiple of 8 (e.g. the paper's 12 bits) follow
+:mod:`qadwh_ray.core.bits`: codes are stored padded with zero bits to whole
+bytes, and ``nbits`` above is the real length (the grid ``S`` and the snapped
+weights are those of the unpadded weights; padding bits weigh 0 and never
+differ), so every distance is that of the unpadded codes.
 
 Results are ordered by ``(distance, id)`` — DESIGN.md §3's one total order —
 so they are deterministic and identical whether the database is one index or
@@ -68,7 +74,7 @@ from typing import Literal
 
 import numpy as np
 
-from qadwh_ray.core.bits import check_codes, check_nbits
+from qadwh_ray.core.bits import check_code_length, check_codes, code_bytes, pad_weights
 
 Mode = Literal["qadwh", "dwh", "hamming"]
 Strategy = Literal["auto", "two_stage", "exhaustive"]
@@ -154,15 +160,20 @@ def validated_weights(weights, mode: str, nq: int, nbits: int) -> np.ndarray:
 
 
 def query_weights(weights, mode: str, nq: int, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``weights`` for ``mode`` and snap them: ``(W int64 (nq, nbits), e int64 (nq,))``."""
+    """Validate ``weights`` for ``mode`` and snap them: ``(W, e)``, ``e`` int64 ``(nq,)`` and
+    ``W`` int64 ``(nq, 8 * code_bytes(nbits))``, one weight per stored bit (padding bits 0)."""
     w = validated_weights(weights, mode, nq, nbits)
     if mode == "hamming":
-        return np.ones((nq, nbits), dtype=np.int64), np.zeros(nq, dtype=np.int64)
-    return snap_weights(w, nbits)
+        w_int, exps = np.ones((nq, nbits), dtype=np.int64), np.zeros(nq, dtype=np.int64)
+    else:
+        w_int, exps = snap_weights(w, nbits)
+    return pad_weights(w_int, code_bytes(nbits)), exps
 
 
 def reference_distances(query_codes: np.ndarray, codes: np.ndarray, w_int: np.ndarray, exps: np.ndarray) -> np.ndarray:
-    """Brute-force ``(nq, n)`` distances under the canonical definition (numpy, O(nq*n*nbits) memory-light)."""
+    """Brute-force ``(nq, n)`` distances under the canonical definition (numpy, O(nq*n*nbits) memory-light).
+
+    ``w_int`` has one weight per stored bit, as :func:`query_weights` returns them."""
     qb = np.unpackbits(query_codes, axis=1, bitorder="little").astype(np.int64)
     db = np.unpackbits(codes, axis=1, bitorder="little").astype(np.int64)
     out = np.empty((qb.shape[0], db.shape[0]), dtype=np.float64)
@@ -249,25 +260,25 @@ class HashIndex:
     Parameters
     ----------
     nbits:
-        Code length, a positive multiple of 8.
+        Code length in bits (1 to 4096; codes are ``ceil(nbits / 8)`` bytes, zero-padded).
     device:
         ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``.
 
-    Memory: per item the packed code (``nbits // 8`` bytes, stored as 64/32/16/8-bit
+    Memory: per item the packed code (``ceil(nbits / 8)`` bytes, stored as 64/32/16/8-bit
     planes with no padding) and an int64 id, plus the labels when given.
     Items are kept sorted by id (``codes``/``ids`` come back in that order).
     """
 
     def __init__(self, nbits: int, device: str = "auto"):
-        self._nbits = check_nbits(nbits)
-        self._layout = _Layout(self._nbits // 8)
+        self._nbits = check_code_length(nbits)
+        self._layout = _Layout(code_bytes(self._nbits))
         if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         self._device = device
         self._n = 0
         self._cap = 0
-        self._w, self._t32, self._t16, self._t8 = self._layout.db_planes(np.zeros((0, self._nbits // 8), np.uint8))
+        self._w, self._t32, self._t16, self._t8 = self._layout.db_planes(np.zeros((0, self._layout.nbytes), np.uint8))
         self._ids = np.empty(0, dtype=np.int64)
         self._labels: np.ndarray | None = None
         self._gpu = None
@@ -280,7 +291,7 @@ class HashIndex:
 
     @property
     def nbytes_per_code(self) -> int:
-        return self._nbits // 8
+        return self._layout.nbytes
 
     def __len__(self) -> int:
         return self._n
@@ -298,7 +309,7 @@ class HashIndex:
 
     @property
     def codes(self) -> np.ndarray:
-        """The packed codes ``(n, nbits // 8)`` uint8 in id order (a new array)."""
+        """The packed codes ``(n, ceil(nbits / 8))`` uint8 in id order (a new array)."""
         n, lay = self._n, self._layout
         out = np.empty((n, lay.nbytes), dtype=np.uint8)
         if lay.a:
@@ -527,6 +538,8 @@ class HashIndex:
         k = _check_k(k)
         nq = q.shape[0]
         w = validated_weights(weights, mode, nq, self._nbits)
+        if mode != "hamming":
+            w = pad_weights(w, self._layout.nbytes)
         if self._n == 0:
             raise ValueError("cannot search an empty index: add codes first")
         dev = _resolve_device(self._device if device is None else device)

@@ -19,6 +19,8 @@ so no query shares a source tile with any database or training mosaic.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,3 +172,13 @@ def fashion_multilabel(
         params={"pool_fractions": list(pool_fractions), "n_query": n_query, "n_train": n_train, "n_database": n_database},
     ).validate()
     return MosaicSet(images=mosaics, label_matrix=label_matrix, split=split, tile_sources=sources)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_multilabel(seed: int) -> MosaicSet:
+    """The default mosaic set of ``seed``, built once per process (readers ask for it per batch)."""
+    return fashion_multilabel(seed=seed)
+
+
+def cached_mosaics(seed: int) -> np.ndarray:
+    return cached_multilabel(seed).images

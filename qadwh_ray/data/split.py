@@ -17,7 +17,7 @@ import numpy as np
 
 from qadwh_ray import storage
 
-__all__ = ["Split", "paper_split", "multilabel_split", "validation_split", "validation_protocol"]
+__all__ = ["Split", "paper_split", "multilabel_split", "validation_split", "class_split", "validation_protocol"]
 
 _FORMAT = "qadwh-split"
 _VERSION = 1
@@ -239,21 +239,95 @@ def validation_split(
     return train_part.astype(np.int64), val_part.astype(np.int64)
 
 
-def validation_protocol(split: Split, labels: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _take(count: int | float, available: int, name: str) -> int:
+    """A per-class count from an int (capped by what is there) or a fraction in (0, 1)."""
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or count <= 0:
+        raise ValueError(f"{name} must be a positive count or a fraction in (0, 1), got {count!r}")
+    if isinstance(count, float) and count < 1:
+        return max(1, int(round(count * available)))
+    return int(count)
+
+
+def class_split(
+    label_matrix: np.ndarray,
+    ids: np.ndarray,
+    seed: int = 0,
+    queries: int | float = 0.1,
+    train: int | float = 0.5,
+    max_queries: int = 100,
+    max_train: int = 500,
+) -> Split:
+    """The paper's protocol for any labelled collection: per class, ``queries`` query items and
+    ``train`` training items (counts, or fractions of the class), capped at ``max_queries`` /
+    ``max_train``; the database is everything else. Each item is drawn for its first class
+    (multi-label items too), so every class has queries, training items and database items.
+
+    The parts hold item *ids* (``ids``), so a split file stays valid when the collection grows.
+    Defaults work from a few hundred images (5 classes x 60 images: 6 / 30 / 24 per class) up to
+    the paper's 100 / 500 per class. Deterministic for a seed.
+    """
+    lm = np.asarray(label_matrix)
+    ids = np.asarray(ids, dtype=np.int64)
+    if lm.ndim != 2 or lm.shape[0] != ids.shape[0]:
+        raise ValueError(f"label_matrix must be ({ids.shape[0]}, c), got {lm.shape}")
+    first = lm.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    query, training, database = [], [], []
+    for c in np.unique(first):
+        members = rng.permutation(np.flatnonzero(first == c))
+        nq = min(_take(queries, members.size, "queries"), max_queries)
+        nt = min(_take(train, members.size, "train"), max_train)
+        if members.size < nq + nt + 1:
+            raise ValueError(
+                f"class {int(c)} has {members.size} items: too few for {nq} queries + {nt} training items + a database "
+                f"(give smaller per-class counts, or more images)"
+            )
+        query.append(members[:nq])
+        training.append(members[nq : nq + nt])
+        database.append(members[nq + nt :])
+    return Split(
+        query=np.sort(ids[np.concatenate(query)]),
+        train=np.sort(ids[np.concatenate(training)]),
+        database=np.sort(ids[np.concatenate(database)]),
+        seed=int(seed),
+        protocol="per-class",
+        params={"queries": queries, "train": train, "max_queries": max_queries, "max_train": max_train},
+    ).validate()
+
+
+def validation_protocol(
+    split: Split, labels: np.ndarray, ids: np.ndarray | None = None, seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Validation queries and validation database for choosing settings, as sorted
-    index arrays ``(val_query, val_database)``.
+    arrays of the split's item ids ``(val_query, val_database)``.
 
     Both come out of ``split.database``, so they are disjoint from the test queries
     and from the training items by construction (and from each other); the
     validation database is the rest of the database, so validation MAP is measured
     the way test MAP is. There are as many validation queries as test queries:
     for single-label data (class indices, or one label per row) the same number per
-    class as the test queries have, otherwise drawn at random. ``seed`` defaults to
-    the split's; the draw uses its own stream, so it does not disturb the split's."""
+    class as the test queries have, otherwise drawn at random. ``labels`` has a row
+    per item of ``ids`` (default: ids are the row numbers). ``seed`` defaults to the
+    split's; the draw uses its own stream, so it does not disturb the split's."""
     labels = np.asarray(labels)
     n = labels.shape[0]
-    if split.n_items is not None and n != split.n_items:
-        raise ValueError(f"labels have {n} rows but the split was made for {split.n_items} items")
+    if ids is None:
+        if split.n_items is not None and n != split.n_items:
+            raise ValueError(f"labels have {n} rows but the split was made for {split.n_items} items")
+        ids = np.arange(n, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have one entry per label row ({n}), got shape {ids.shape}")
+    order = np.argsort(ids, kind="stable")
+
+    def rows(part: np.ndarray) -> np.ndarray:  # label rows of a part's item ids
+        at = np.clip(np.searchsorted(ids, part, sorter=order), 0, n - 1)
+        r = order[at]
+        missing = part[ids[r] != part]
+        if missing.size:
+            raise ValueError(f"split item id {int(missing[0])} has no label row")
+        return r
+
     db = split.database
     if db.size <= split.query.size:
         raise ValueError(
@@ -263,10 +337,11 @@ def validation_protocol(split: Split, labels: np.ndarray, seed: int | None = Non
     single = labels.ndim == 1 or (labels.ndim == 2 and (labels.sum(axis=1) == 1).all())
     if single:
         y = _class_indices(labels)
+        yq, ydb = y[rows(split.query)], y[rows(db)]
         picked = []
-        for c in np.unique(y[split.query]):
-            want = int((y[split.query] == c).sum())
-            members = db[y[db] == c]
+        for c in np.unique(yq):
+            want = int((yq == c).sum())
+            members = db[ydb == c]
             if members.size <= want:
                 raise ValueError(
                     f"class {int(c)} has {members.size} database items, needs more than {want} for validation queries"

@@ -2,14 +2,17 @@
 
 A version of an index is a directory::
 
-    shard-00000.parquet   id int64 · code fixed_size_binary(nbits/8) · labels list<int32> · source string
+    shard-00000.parquet   id int64 · code fixed_size_binary(ceil(nbits/8)) · labels list<int32> · source string
     shard-00001.parquet   ...
     manifest.json         this module's :class:`Manifest`
 
 Shards
     One row per item, ids unique across the whole version and sorted
     ascending inside each shard. ``code`` is the packed binary code, bit order
-    little-endian within each byte (``np.packbits(..., bitorder="little")``).
+    little-endian within each byte (``np.packbits(..., bitorder="little")``),
+    zero-padded to whole bytes when ``nbits`` is not a multiple of 8 (the
+    convention of :mod:`qadwh_ray.core.bits`; the schema metadata and the
+    manifest keep the real ``code_bits``).
     ``labels`` lists the item's positive classes (null for an unlabeled
     item); ``source`` says where the image came from (null when the id says it
     all, e.g. the built-in Fashion-MNIST rows). Items are assigned to shards by
@@ -17,10 +20,12 @@ Shards
     order the database was read in (and an id can be looked up in one shard).
 
 Manifest
-    Format version, code bits, bit order, item count, the shard list with row
-    counts, byte sizes and SHA-256, the checkpoint the codes came from (URI +
-    SHA-256 + model config), the sources read, bad rows skipped, creation
-    time, build details and the re-index checks that passed.
+    Format version, code bits (the real code length) and bytes, bit order,
+    item count, the shard list with row counts, byte sizes and SHA-256, the
+    checkpoint the codes came from (URI + SHA-256 + model config), the
+    dataset's class names (``class_names[c]`` names class ``c`` of the labels
+    and of the model), the sources read, bad rows skipped, creation time,
+    build details and the re-index checks that passed.
 
 Everything here is pure pyarrow/numpy (no Ray, no storage I/O): the store and
 the reader do the I/O and call :func:`check_shard_bytes` to verify a shard.
@@ -40,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qadwh_ray.core.bits import BIT_ORDER, check_nbits
+from qadwh_ray.core.bits import BIT_ORDER, check_code_length, check_codes, code_bytes
 
 __all__ = [
     "FORMAT",
@@ -62,6 +67,7 @@ __all__ = [
     "shard_data_from_table",
     "labels_to_list_array",
     "label_matrix_from_lists",
+    "class_names_for",
     "validate_version_name",
 ]
 
@@ -124,11 +130,11 @@ def shard_of_ids(ids: np.ndarray, num_shards: int) -> np.ndarray:
 
 
 def shard_schema(nbits: int) -> pa.Schema:
-    nbits = check_nbits(nbits)
+    nbits = check_code_length(nbits)
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
-            pa.field("code", pa.binary(nbits // 8), nullable=False),
+            pa.field("code", pa.binary(code_bytes(nbits)), nullable=False),
             pa.field("labels", pa.list_(pa.int32()), nullable=True),
             pa.field("source", pa.string(), nullable=True),
         ],
@@ -180,13 +186,12 @@ def make_shard_table(
 ) -> pa.Table:
     """A shard table (not sorted here). ``labels``: a ``list<int32>`` array or a
     ``(n, c)`` 0/1 matrix; ``sources``: strings or None."""
-    nbits = check_nbits(nbits)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    codes = check_codes(np.asarray(codes), nbits)
     n = ids.shape[0]
-    if codes.shape != (n, nbits // 8):
-        raise ValueError(f"codes must be ({n}, {nbits // 8}) uint8 for {nbits}-bit codes, got {codes.shape}")
-    code_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbits // 8), n, [None, pa.py_buffer(codes.tobytes())])
+    if codes.shape[0] != n:
+        raise ValueError(f"{codes.shape[0]} codes for {n} ids")
+    code_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes(nbits)), n, [None, pa.py_buffer(codes.tobytes())])
     if labels is None or isinstance(labels, np.ndarray):
         label_arr = labels_to_list_array(labels, n)
     else:
@@ -213,7 +218,7 @@ class ShardData:
     """One shard in memory: ids sorted ascending, packed codes, labels, sources."""
 
     ids: np.ndarray  # (n,) int64
-    codes: np.ndarray  # (n, nbits/8) uint8
+    codes: np.ndarray  # (n, ceil(nbits/8)) uint8
     labels: np.ndarray | None  # (n, c) uint8 0/1, None when the index has no classes
     sources: list | None
 
@@ -258,7 +263,7 @@ def check_shard_bytes(data: bytes, info: "ShardInfo", nbits: int, where: str) ->
 
 
 def shard_data_from_table(table: pa.Table, nbits: int, num_classes: int | None) -> ShardData:
-    nbytes = check_nbits(nbits) // 8
+    nbytes = code_bytes(nbits)
     n = table.num_rows
     ids = np.ascontiguousarray(table.column("id").to_numpy(), dtype=np.int64)
     code_col = table.column("code")
@@ -275,6 +280,17 @@ def shard_data_from_table(table: pa.Table, nbits: int, num_classes: int | None) 
 
 
 # ------------------------------------------------------------------ manifest
+
+
+def class_names_for(num_classes: int, names: list | None) -> list:
+    """The manifest's ``class_names`` for ``num_classes`` classes: the dataset's names,
+    and a class the dataset does not name is named by its number."""
+    names = [str(n) for n in (names or [])]
+    if len(names) > num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes: {', '.join(names)[:200]}")
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"class names must be unique and non-empty, got {names[:20]}")
+    return names + [str(c) for c in range(len(names), num_classes)]
 
 
 def _require(d: dict, key: str, types, where: str):
@@ -329,6 +345,7 @@ class Manifest:
     checkpoint: dict  # {"uri", "sha256", "model_config"}
     created_at: str  # ISO-8601 UTC
     num_classes: int | None = None
+    class_names: list | None = None  # one per class of the labels / the model, None for an old version
     bit_order: str = BIT_ORDER
     sharding: dict = field(default_factory=lambda: {"scheme": SHARDING_SCHEME})
     sources: list = field(default_factory=list)  # what was read (kind, uri, rows, ...)
@@ -342,7 +359,14 @@ class Manifest:
 
     def __post_init__(self) -> None:
         validate_version_name(self.version)
-        check_nbits(self.code_bits)
+        check_code_length(self.code_bits)
+        if self.class_names is not None:
+            if not isinstance(self.class_names, list) or not all(isinstance(c, str) and c for c in self.class_names):
+                raise IndexFormatError(f"manifest of {self.version}: class_names must be a list of non-empty strings, got {self.class_names!r}")
+            if self.num_classes is not None and len(self.class_names) != self.num_classes:
+                raise IndexFormatError(
+                    f"manifest of {self.version}: {len(self.class_names)} class names for {self.num_classes} classes"
+                )
         if self.bit_order != BIT_ORDER:
             raise IndexFormatError(f"bit order {self.bit_order!r} is not supported (only {BIT_ORDER!r})")
         if sum(s.rows for s in self.shards) != self.num_items:
@@ -356,7 +380,7 @@ class Manifest:
 
     @property
     def code_bytes(self) -> int:
-        return self.code_bits // 8
+        return code_bytes(self.code_bits)
 
     @property
     def num_shards(self) -> int:

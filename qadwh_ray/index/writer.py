@@ -13,7 +13,7 @@ import numpy as np
 
 from qadwh_ray import storage
 from qadwh_ray.core.bits import check_codes
-from qadwh_ray.index.format import Manifest, ShardInfo, make_shard_table, shard_file_name, shard_of_ids, shard_table_bytes
+from qadwh_ray.index.format import Manifest, ShardInfo, class_names_for, make_shard_table, shard_file_name, shard_of_ids, shard_table_bytes
 from qadwh_ray.index.store import IndexStore, utc_iso
 
 __all__ = ["write_index"]
@@ -29,6 +29,7 @@ def write_index(
     checkpoint: dict | None = None,
     num_shards: int = 1,
     num_classes: int | None = None,
+    class_names: list | None = None,
     sources: list | None = None,
     version: str | None = None,
     publish: bool = True,
@@ -74,6 +75,7 @@ def write_index(
         checkpoint=dict(checkpoint or {}),
         created_at=utc_iso(),
         num_classes=num_classes,
+        class_names=None if class_names is None else class_names_for(num_classes or len(class_names), class_names),
         sources=[{"kind": "arrays", "rows": int(ids.size)}],
         build={"writer": "qadwh_ray.index.writer"},
     )

@@ -12,7 +12,7 @@
 
 ``jobs/index.py`` runs the same ``index`` command under ``ray job submit``.
 Storage locations come from the arguments or the environment
-(``QADWH_CHECKPOINT``, ``QADWH_INDEX_SOURCE``, ``QADWH_INDEX_URI``).
+(``QADWH_CHECKPOINT``, ``QADWH_DATA``, ``QADWH_INDEX_URI``).
 Exit status: 0 done; 1 the build or a re-index check failed (current version
 untouched, reason printed); 2 bad arguments or bad input.
 """
@@ -35,18 +35,18 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to index")
     g.add_argument("--checkpoint", default=_env_default("QADWH_CHECKPOINT"),
                    help="model checkpoint file, or a directory (re-index: the newest checkpoint below it) [$QADWH_CHECKPOINT]")
-    g.add_argument("--source", default=_env_default("QADWH_INDEX_SOURCE") or "fashion",
-                   help="image database: fashion[:database|query|train|all], fashion-augmented:N, or a Parquet / image-folder "
-                        "URI (local or s3://) [$QADWH_INDEX_SOURCE, default fashion]")
+    g.add_argument("--data", "--source", dest="source", default=_env_default("QADWH_DATA") or "fashion",
+                   help="the dataset: an image folder (one sub-folder per class) or Parquet URI (local or s3://), "
+                        "fashion, fashion-multilabel, or fashion-augmented:N (scale tests) [$QADWH_DATA, default fashion]")
     g.add_argument("--out", default=_env_default("QADWH_INDEX_URI"), help="index root URI (local path or s3://) [$QADWH_INDEX_URI]")
     g.add_argument("--shards", type=int, default=None, help="number of shards (default: one per million items)")
     g.add_argument("--skip-bad", action="store_true", help="skip bad rows (listed in the manifest) instead of failing")
-    g.add_argument("--source-format", default="auto", choices=["auto", "parquet", "folder"])
-    g.add_argument("--image-column", default="image")
-    g.add_argument("--label-column", default="label", help="label column ('none' for an unlabeled database)")
-    g.add_argument("--id-column", default="id", help="id column ('none': ids are row numbers)")
-    g.add_argument("--image-size", type=int, default=None, help="expected source image size (default: the first image's)")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the Fashion-MNIST paper split")
+    g.add_argument("--part", default=None, choices=["database", "query", "train", "all"],
+                   help="which part of the dataset's split to index (default: the database part for fashion, "
+                        "fashion-multilabel or a given --split; every image of any other dataset)")
+    g.add_argument("--split", default=None, help="a saved split.json (default: the dataset's seeded split)")
+    g.add_argument("--image-size", type=int, default=None, help="size images are read at (default: the model's input size)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the dataset's split")
 
     g = p.add_argument_group("versions")
     g.add_argument("--version", default=None, help="name of the new version (default: v<UTC time>-<random>)")
@@ -57,7 +57,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="append the source's items to the current version, encoded with its checkpoint (implies --reindex)")
 
     g = p.add_argument_group("re-index checks")
-    g.add_argument("--queries", default="auto", help="query set for the MAP check: auto (fashion:query for a fashion source), "
+    g.add_argument("--queries", default="auto", help="query set for the MAP check: auto (the query part of the dataset's split), "
                                                      "a Parquet/image-folder URI, or none")
     g.add_argument("--map-queries", type=int, default=1000, help="at most this many queries for MAP")
     g.add_argument("--map-top-k", type=int, default=None, help="MAP@k (default: MAP over the whole index)")
@@ -93,10 +93,8 @@ def _options(args: argparse.Namespace):
         encoder_gpus=args.gpus,
         threads=args.threads,
         image_size=args.image_size,
-        source_format=args.source_format,
-        image_column=args.image_column,
-        label_column=_none(args.label_column),
-        id_column=_none(args.id_column),
+        part=args.part,
+        split=args.split,
         split_seed=args.split_seed,
         version=args.version,
         publish=not args.no_publish,

@@ -38,10 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadwh_ray import storage
+from qadwh_ray.core.bits import code_bytes
 from qadwh_ray.index.format import (
     Manifest,
     ShardInfo,
     check_shard_bytes,
+    class_names_for,
     make_shard_table,
     shard_file_name,
     shard_of_ids,
@@ -87,11 +89,9 @@ class BuildOptions:
     decode_cpus: float = 0.25
     read_tasks: int | None = None  # concurrent read/decode (and part-write) tasks (default: half the cluster's CPUs, at least 2)
     max_retries: int = 3  # retries of a compaction task whose worker died
-    image_size: int | None = None  # expected source image size (default: the first image's)
-    source_format: str = "auto"
-    image_column: str = "image"
-    label_column: str | None = "label"
-    id_column: str | None = "id"
+    image_size: int | None = None  # size images are read at (default: the model's input size)
+    part: str | None = None  # which part of the dataset's split to index; default: sources.plan_source
+    split: str | None = None  # a saved split.json (default: the dataset's seeded split)
     split_seed: int = 0
     version: str | None = None
     publish: bool = True
@@ -165,7 +165,7 @@ class Encoder:
             torch.set_num_threads(max(1, int(threads)))
         self.device = device
         self.model = model_from_payload(payload).to(device)
-        self.nbytes = self.model.config.nbits // 8
+        self.nbytes = code_bytes(self.model.config.nbits)
         self.fault_marker = fault_marker
 
     def _maybe_crash(self) -> None:
@@ -271,7 +271,7 @@ def compact_shard(
     for uri in part_uris:
         with storage.open_input(uri) as f:
             tables.append(pq.read_table(f))
-    schema = make_shard_table(np.zeros(0, np.int64), np.zeros((0, nbits // 8), np.uint8), None, None, nbits).schema
+    schema = make_shard_table(np.zeros(0, np.int64), np.zeros((0, code_bytes(nbits)), np.uint8), None, None, nbits).schema
     new = pa.concat_tables(tables) if tables else schema.empty_table().append_column(_PART_SCHEMA_EXTRA, pa.array([], pa.int64()))
     rows = new.column("_row").to_numpy()
     if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
@@ -399,11 +399,6 @@ def build_index(
     ckpt = _checkpoint_record(payload)
     del payload
     cfg.require_searchable(f"checkpoint {checkpoint}")
-    if cfg.nbits % 8:
-        raise ValueError(
-            f"checkpoint {checkpoint} has {cfg.nbits}-bit codes; the index stores whole bytes, so index and serve "
-            f"models whose code length is a multiple of 8 (train with nbits=16, 24, 32, 48, ...)"
-        )
 
     base = None
     if incremental:
@@ -424,16 +419,20 @@ def build_index(
         source,
         num_classes=cfg.num_classes,
         in_channels=cfg.in_channels,
-        image_size=opts.image_size,
+        image_size=opts.image_size or cfg.image_size,
         split_seed=opts.split_seed,
-        source_format=opts.source_format,
-        image_column=opts.image_column,
-        label_column=opts.label_column,
-        id_column=opts.id_column,
-        work_rows=opts.block_rows,
+        part=opts.part,
+        split_uri=opts.split,
     )
     if plan.n_rows == 0:
         raise IndexBuildError(f"source {source} holds no rows")
+    if base is not None and base.class_names is not None:
+        names = list(base.class_names)  # the same checkpoint, so the same classes as the version appended to
+    else:
+        try:
+            names = class_names_for(cfg.num_classes, plan.class_names)
+        except ValueError as exc:
+            raise IndexBuildError(f"source {source}: {exc} (the model has {cfg.num_classes} classes)") from None
     if base is not None:
         num_shards = base.num_shards
         if opts.shards is not None and opts.shards != num_shards:
@@ -565,6 +564,7 @@ def build_index(
             checkpoint=ckpt,
             created_at=utc_iso(),
             num_classes=cfg.num_classes if plan.labeled else None,
+            class_names=names,
             sources=(list(base.sources) if base else []) + [src_record],
             bad_rows=bad_rows[:MAX_LISTED_BAD] + (list(base.bad_rows) if base else [])[: max(0, MAX_LISTED_BAD - len(bad_rows))],
             bad_row_count=len(bad_rows) + (base.bad_row_count if base else 0),

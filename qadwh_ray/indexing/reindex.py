@@ -46,7 +46,7 @@ class CheckFailed(IndexBuildError):
 
 @dataclass
 class CheckOptions:
-    queries: str | None = "auto"  # "auto": Fashion-MNIST's query part for a fashion source; a source spec/URI; None: no MAP check
+    queries: str | None = "auto"  # "auto": the query part of the indexed dataset's split; a dataset URI; None: no MAP check
     sample_queries: int = 16  # queries compared with brute force
     k: int = 100
     map_queries: int | None = 1000  # at most this many queries for MAP (a fixed, seeded subset)
@@ -62,31 +62,27 @@ class CheckOptions:
 # --------------------------------------------------------------------- queries
 
 
-def load_queries(spec: str, num_classes: int, split_seed: int = 0, limit: int | None = None, seed: int = 0):
-    """Query images and ``(n, c)`` labels: ``fashion:query`` (the paper
-    split's 1,000 queries) or a Parquet file/directory / image folder URI."""
-    from qadwh_ray.core.labels import as_label_matrix
+def load_queries(spec: str, num_classes: int, split_seed: int = 0, limit: int | None = None, seed: int = 0,
+                 image_size: int | None = None, split_uri: str | None = None):
+    """Query images and ``(n, c)`` labels: the query part of a dataset's split (a dataset URI or built-in
+    name; ``fashion:query`` is the older spelling of Fashion-MNIST's), read at ``image_size``."""
+    from qadwh_ray.data.catalog import open_catalog
+    from qadwh_ray.data.readers import read_images
+    from qadwh_ray.data.split import Split
+    from qadwh_ray.learning.datasets import dataset_split
 
-    if spec.startswith("fashion"):
-        from qadwh_ray.data.fashion import load_fashion_mnist
-        from qadwh_ray.indexing.sources import _fashion_ids
-
-        part = spec.split(":", 1)[1] if ":" in spec else "query"
-        idx = _fashion_ids(part, split_seed)
-        images, labels = load_fashion_mnist()
-        imgs, lab = images[idx], as_label_matrix(labels[idx], num_classes)
-    else:
-        from qadwh_ray.data.sources import load_image_folder, load_parquet_images
-
-        if spec.lower().endswith((".parquet", ".pq")) or (storage.is_dir(spec) and storage.list_files(spec, suffixes=(".parquet",))):
-            s = load_parquet_images(spec, num_classes=num_classes)
-        else:
-            s = load_image_folder(spec)
-        imgs, lab = s.images, s.label_matrix
-    if limit is not None and len(imgs) > limit:
-        sel = np.sort(np.random.default_rng(seed).choice(len(imgs), size=limit, replace=False))
-        imgs, lab = imgs[sel], lab[sel]
-    return imgs, lab
+    if ":" in spec and spec.split(":", 1)[0] in ("fashion", "fashion-multilabel"):
+        spec = spec.split(":", 1)[0]
+    cat = open_catalog(spec, split_seed=split_seed)
+    if cat.info.num_classes != num_classes:
+        raise ValueError(f"the query dataset {spec} has {cat.info.num_classes} classes, the model {num_classes}")
+    split = Split.load(split_uri) if split_uri else dataset_split(cat, split_seed)
+    pos = np.sort(cat.positions(split.query, what="split part 'query'"))
+    if limit is not None and len(pos) > limit:
+        pos = np.sort(np.random.default_rng(seed).choice(pos, size=limit, replace=False))
+    size = (image_size, image_size) if image_size else None
+    imgs, _ = read_images(cat, pos, size=size)
+    return imgs, cat.labels[pos]
 
 
 def map_of_index(data: ShardData, qcodes: np.ndarray, qweights: np.ndarray, qlabels: np.ndarray, top_k: int | None = None, chunk: int | None = None) -> float:
@@ -193,7 +189,8 @@ def run_checks(
     model = load_checkpoint(checkpoint)
     qimgs = qlabels = None
     if query_spec:
-        qimgs, qlabels = load_queries(query_spec, model.config.num_classes, split_seed, opts.map_queries, opts.query_seed)
+        qimgs, qlabels = load_queries(query_spec, model.config.num_classes, split_seed, opts.map_queries, opts.query_seed,
+                                      model.config.image_size)
     rng = np.random.default_rng(opts.query_seed)
     if qimgs is not None and len(qimgs):
         sel = np.sort(rng.choice(len(qimgs), size=min(opts.sample_queries, len(qimgs)), replace=False))
@@ -286,7 +283,8 @@ def reindex(
     expected = (current.num_items if incremental and current else 0) + result.rows_read - result.bad_rows
     query_spec = copts.queries
     if query_spec == "auto":
-        query_spec = "fashion:query" if source.startswith("fashion") else None
+        # the dataset's own query part (augmented Fashion-MNIST: the real set's)
+        query_spec = "fashion" if source.startswith("fashion-augmented") else source
     if query_spec in ("", "none", "None"):
         query_spec = None
     try:

@@ -74,6 +74,15 @@ class SourcePlan:
         d.update({k: v for k, v in self.params.items() if isinstance(v, (str, int, float, bool, type(None)))})
         return d
 
+    @property
+    def class_names(self) -> list[str]:
+        """The dataset's class names (the built-in sources: Fashion-MNIST's)."""
+        if "class_names" in self.params:
+            return list(self.params["class_names"])
+        from qadwh_ray.data.fashion import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+
     def dataset(self, block_rows: int = 2048, decode_cpus: float = 0.25, runtime_env: dict | None = None, tasks: int | None = None):
         """The Ray Dataset of decoded rows (see the module docstring)."""
         import ray.data
@@ -100,42 +109,9 @@ class SourcePlan:
                 fn_kwargs=dict(kind=self.kind, num_classes=self.num_classes, mode=self.mode, base=base),
                 **common,
             )
-        if not self.work:
-            raise ValueError(f"source {self.uri} has no rows to read")
-        ds = ray.data.from_items(self.work, override_num_blocks=len(self.work))
-        fn = _parquet_work if self.kind == "parquet" else _folder_work
-        return ds.map_batches(
-            fn,
-            batch_size=1,
-            batch_format="pyarrow",
-            fn_kwargs=dict(plan=_PlanLite.of(self), block_rows=block_rows),
-            **common,
-        )
-
-
-@dataclass(frozen=True)
-class _PlanLite:
-    """The part of a plan a read task needs (no work list)."""
-
-    image_size: tuple[int, int]
-    mode: str
-    num_classes: int
-    labeled: bool
-    image_column: str
-    label_column: str | None
-    id_column: str | None
-
-    @classmethod
-    def of(cls, p: SourcePlan) -> "_PlanLite":
-        return cls(
-            image_size=tuple(p.image_size),
-            mode=p.mode,
-            num_classes=p.num_classes,
-            labeled=p.labeled,
-            image_column=p.params.get("image_column", "image"),
-            label_column=p.params.get("label_column"),
-            id_column=p.params.get("id_column"),
-        )
+        if self.kind == "dataset":
+            return _dataset_stream(self, block_rows, common)
+        raise ValueError(f"unknown source kind {self.kind!r}")
 
 
 # ---------------------------------------------------------------- planning
@@ -160,21 +136,26 @@ def plan_source(
     in_channels: int = 1,
     image_size: int | tuple[int, int] | None = None,
     split_seed: int = 0,
-    source_format: str = "auto",
-    image_column: str = "image",
-    label_column: str | None = "label",
-    id_column: str | None = "id",
-    work_rows: int = 4096,
+    part: str | None = None,
+    split_uri: str | None = None,
 ) -> SourcePlan:
-    """Plan reading ``spec`` (see the module docstring) for a model with
-    ``num_classes`` classes and ``in_channels`` channels."""
+    """Plan reading ``part`` ("database", "query", "train" or "all") of the dataset ``spec`` (a URI
+    or built-in name, :mod:`qadwh_ray.data.catalog`) for a model with ``num_classes`` classes and
+    ``in_channels`` channels; the part comes from ``split_uri`` or the dataset's seeded split.
+
+    Default part: a built-in set's or a given split's "database" (the evaluation protocol's), a
+    catalogue URI's "all" (production indexes every image)."""
     mode = _mode_for(in_channels)
-    if spec == "fashion" or spec.startswith("fashion:"):
-        part = spec.split(":", 1)[1] if ":" in spec else "database"
-        if part not in FASHION_PARTS:
-            raise ValueError(f"unknown Fashion-MNIST part {part!r} in {spec!r}: choose one of {', '.join(FASHION_PARTS)}")
+    if spec.startswith("fashion:"):  # the older spelling of a built-in part
+        spec, part = "fashion", spec.split(":", 1)[1]
+    if part is None:
+        part = "database" if spec in ("fashion", "fashion-multilabel") or split_uri else "all"
+    if part not in FASHION_PARTS:
+        raise ValueError(f"unknown dataset part {part!r}: choose one of {', '.join(FASHION_PARTS)}")
+    if spec == "fashion" and split_uri is None:  # the 70,000 arrays shared zero-copy by every task
         n = len(_fashion_ids(part, split_seed))
-        return SourcePlan("fashion", f"fashion:{part}", n, (28, 28), mode, num_classes, params={"part": part, "split_seed": int(split_seed)})
+        return SourcePlan("fashion", f"fashion:{part}", n, (28, 28), mode, num_classes,
+                          params={"part": part, "split_seed": int(split_seed)})
     if spec.startswith("fashion-augmented:"):
         raw = spec.split(":", 1)[1].replace("_", "")
         try:
@@ -184,20 +165,17 @@ def plan_source(
         if n < 1:
             raise ValueError(f"fashion-augmented needs a positive item count, got {n}")
         return SourcePlan("fashion-augmented", spec, n, (28, 28), mode, num_classes, params={"items": n})
-    if source_format not in ("auto", "parquet", "folder"):
-        raise ValueError(f"source format must be auto, parquet or folder, got {source_format!r}")
-    if not storage.exists(spec):
-        raise FileNotFoundError(f"no image source at {spec}")
-    if source_format == "auto":
-        if spec.lower().endswith((".parquet", ".pq")):
-            source_format = "parquet"
-        elif storage.is_dir(spec) and storage.list_files(spec, recursive=True, suffixes=(".parquet", ".pq")):
-            source_format = "parquet"
-        else:
-            source_format = "folder"
-    if source_format == "parquet":
-        return _plan_parquet(spec, num_classes, mode, _size2(image_size), image_column, label_column, id_column, work_rows)
-    return _plan_folder(spec, num_classes, mode, _size2(image_size), work_rows)
+    from qadwh_ray.data.catalog import open_catalog
+    from qadwh_ray.data.split import Split
+    from qadwh_ray.learning.datasets import dataset_split
+
+    cat = open_catalog(spec, split_seed=split_seed, num_classes=num_classes)
+    if part == "all":
+        positions = np.arange(len(cat), dtype=np.int64)
+    else:
+        split = Split.load(split_uri) if split_uri else dataset_split(cat, split_seed)
+        positions = np.sort(cat.positions(getattr(split, part), what=f"split part {part!r}"))
+    return plan_dataset(cat, positions, num_classes=num_classes, in_channels=in_channels, image_size=image_size, part=part)
 
 
 # ------------------------------------------------------------- Fashion-MNIST
@@ -289,248 +267,90 @@ def _fashion_batch(batch: dict, kind: str, num_classes: int, mode: str, base) ->
     }
 
 
-# ------------------------------------------------------------------ decoding
+# ------------------------------------------------------- datasets (catalog)
+
+_CATALOGS: dict = {}
 
 
-def _rows_batch(
-    rows: np.ndarray,
-    ids: np.ndarray,
-    blobs: list,
-    label_lists: list,
-    sources: list,
-    pre_bad: list,
-    plan: _PlanLite,
-) -> dict:
-    """Decode and validate one batch; bad rows are kept with their reason."""
-    from qadwh_ray.data.transforms import ImageDecodeError, decode_image
+def _catalog_of(ref):
+    """The catalog behind an ObjectRef, fetched once per worker process (a catalog itself passes through)."""
+    if not hasattr(ref, "hex"):
+        return ref
+    key = ref.hex()
+    if key not in _CATALOGS:
+        import ray
 
-    n = len(blobs)
-    h, w = plan.image_size
-    shape = (n, h, w) if plan.mode == "L" else (n, h, w, 3)
-    images = np.zeros(shape, dtype=np.uint8)
-    labels = np.zeros((n, plan.num_classes), dtype=np.uint8)
-    bad = np.full(n, "", dtype=object)
-    for i in range(n):
-        where = sources[i] or f"row {int(rows[i])}"
-        who = where if pre_bad[i] == "id is null" else f"id {int(ids[i])} ({where})"
-        if pre_bad[i]:
-            bad[i] = f"{who}: {pre_bad[i]}"
-            continue
-        if ids[i] < 0:
-            bad[i] = f"{who}: ids must be non-negative"
-            continue
-        labs = label_lists[i]
-        if plan.labeled:
-            if labs is None:
-                bad[i] = f"{who}: label is null"
-                continue
-            if len(labs) == 0:
-                bad[i] = f"{who}: empty label list"
-                continue
-            if any(v is None for v in labs):
-                bad[i] = f"{who}: null class in the label list"
-                continue
-            out = [int(v) for v in labs if not 0 <= int(v) < plan.num_classes]
-            if out:
-                bad[i] = f"{who}: label {out[0]} outside [0, {plan.num_classes})"
-                continue
-        blob = blobs[i]
-        if blob is None:
-            bad[i] = f"{who}: image is null"
-            continue
-        try:
-            img = decode_image(blob, expected_size=(h, w), mode=plan.mode, source=None)
-        except ImageDecodeError as exc:
-            bad[i] = f"{who}: {exc}"
-            continue
-        images[i] = img
-        if plan.labeled:
-            labels[i, [int(v) for v in labs]] = 1
+        _CATALOGS.clear()
+        _CATALOGS[key] = ray.get(ref)
+    return _CATALOGS[key]
+
+
+def _catalog_batch(batch: dict, catalog, image_size: tuple[int, int], mode: str) -> dict:
+    """Read and decode one block of catalog positions; bad items are kept with their reason."""
+    from qadwh_ray.data.readers import read_images
+
+    cat = _catalog_of(catalog)
+    rows = np.asarray(batch["_row"], dtype=np.int64)
+    positions = np.asarray(batch["position"], dtype=np.int64)
+    images, bad = read_images(cat, positions, size=image_size, skip_bad=True)
+    if mode == "RGB" and images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    ids = cat.ids[positions]
     return {
-        "_row": np.asarray(rows, dtype=np.int64),
-        "id": np.asarray(ids, dtype=np.int64),
-        "image": images,
-        "labels": labels,
-        "source": np.asarray(sources, dtype=object),
-        "bad": bad,
+        "_row": rows,
+        "id": ids,
+        "image": np.ascontiguousarray(images),
+        "labels": cat.labels[positions],
+        "source": np.asarray(cat.sources(positions), dtype=object),
+        "bad": np.asarray([f"id {int(i)}: {b}" if b else "" for i, b in zip(ids, bad)], dtype=object),
     }
 
 
-# ------------------------------------------------------------------ Parquet
-
-
-def _read_footer(uri: str) -> pq.FileMetaData:
-    try:
-        with storage.open_input(uri) as f:
-            return pq.ParquetFile(f).metadata
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{uri} is not a readable Parquet file: {exc}") from exc
-
-
-def _check_parquet_schema(schema: pa.Schema, uri: str, image_column: str, label_column: str | None, id_column: str | None) -> None:
-    for role, name in (("image", image_column), ("label", label_column), ("id", id_column)):
-        if name is not None and name not in schema.names:
-            raise ValueError(f"{role} column {name!r} not found in {uri} (columns: {', '.join(schema.names)})")
-    t = schema.field(image_column).type
-    if pa.types.is_struct(t):
-        if t.get_field_index("bytes") < 0:
-            raise TypeError(f"image column {image_column!r} in {uri} is a struct without a 'bytes' field: {t}")
-        t = t.field("bytes").type
-    if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)):
-        raise TypeError(f"image column {image_column!r} in {uri} must hold encoded image bytes, got type {t}")
-    if label_column is not None:
-        lt = schema.field(label_column).type
-        is_list = pa.types.is_list(lt) or pa.types.is_large_list(lt) or pa.types.is_fixed_size_list(lt)
-        if not (pa.types.is_integer(lt) or (is_list and pa.types.is_integer(lt.value_type))):
-            raise TypeError(f"label column {label_column!r} in {uri} must be an integer class or a list of integer classes, got {lt}")
-    if id_column is not None and not pa.types.is_integer(schema.field(id_column).type):
-        raise TypeError(f"id column {id_column!r} in {uri} must hold integers, got {schema.field(id_column).type}")
-
-
-def _plan_parquet(uri, num_classes, mode, image_size, image_column, label_column, id_column, work_rows) -> SourcePlan:
-    from qadwh_ray.data.sources import parquet_files  # imports torch: only where Parquet is planned
-
-    files = parquet_files(uri)
-    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        footers = list(pool.map(_read_footer, files))
-    work = []
-    row0 = 0
-    for f, meta in zip(files, footers):
-        schema = meta.schema.to_arrow_schema()
-        _check_parquet_schema(schema, f, image_column, label_column, id_column)
-        declared = (schema.metadata or {}).get(_META_NUM_CLASSES)
-        if declared is not None and label_column is not None and int(declared) > num_classes:
-            raise ValueError(f"{f} declares {int(declared)} classes but the model has only {num_classes}")
-        file_row = 0
-        for rg in range(meta.num_row_groups):
-            n = meta.row_group(rg).num_rows
-            if n:
-                work.append({"file": f, "row_group": rg, "row0": row0, "file_row0": file_row, "rows": n})
-            row0 += n
-            file_row += n
-    if image_size is None:
-        image_size = _peek_parquet_size(work, image_column, mode) if work else (0, 0)
+def plan_dataset(
+    catalog,
+    positions: np.ndarray,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int | tuple[int, int] | None,
+    part: str,
+) -> SourcePlan:
+    """Plan reading the items at ``positions`` of a dataset catalog (e.g. its split's database)."""
+    info = catalog.info
+    if info.num_classes != num_classes:
+        raise ValueError(
+            f"the dataset {info.uri} has {info.num_classes} classes but the model was trained on {num_classes}: "
+            f"index a dataset with the model's classes"
+        )
+    mode = _mode_for(in_channels)
+    if info.mode == "RGB" and mode == "L":
+        raise ValueError(f"the dataset {info.uri} holds RGB images but the model takes grey images")
+    size = _size2(image_size) or tuple(info.image_size)
     return SourcePlan(
-        "parquet",
-        uri,
-        row0,
-        image_size,
-        mode,
-        num_classes,
-        labeled=label_column is not None,
-        params={"files": len(files), "image_column": image_column, "label_column": label_column, "id_column": id_column},
-        work=work,
+        "dataset", f"{info.uri}:{part}", int(len(positions)), size, mode, num_classes,
+        params={"part": part, "format": info.format, "class_names": list(info.class_names),
+                "catalog": catalog, "positions": np.asarray(positions, dtype=np.int64)},
     )
 
 
-def _blob_column(column: pa.Array) -> list:
-    if pa.types.is_struct(column.type):
-        column = pc.struct_field(column, "bytes")
-    return column.to_pylist()
+def _dataset_stream(plan: SourcePlan, block_rows: int, common: dict):
+    import ray.data
+
+    catalog_ref = ray.put(plan.params["catalog"])
+    positions = plan.params["positions"]
+    n = len(positions)
+    nblocks = max(1, -(-n // block_rows))
+    rows = ray.data.from_numpy(np.arange(n, dtype=np.int64)).repartition(nblocks)
+    return rows.map_batches(
+        _dataset_block,
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs=dict(positions=ray.put(positions), catalog=catalog_ref, image_size=tuple(plan.image_size), mode=plan.mode),
+        **common,
+    )
 
 
-def _peek_parquet_size(work: list, image_column: str, mode: str) -> tuple[int, int]:
-    """The first decodable image's size: every image must have it (or pass --image-size)."""
-    from qadwh_ray.data.transforms import ImageDecodeError, decode_image
-
-    first = work[0]
-    with storage.open_input(first["file"]) as f:
-        pf = pq.ParquetFile(f)
-        for rb in pf.iter_batches(batch_size=64, row_groups=[first["row_group"]], columns=[image_column]):
-            for blob in _blob_column(rb.column(0)):
-                if blob is None:
-                    continue
-                try:
-                    return tuple(decode_image(blob, mode=mode).shape[:2])
-                except ImageDecodeError:
-                    continue
-            break
-    raise ValueError(f"cannot determine the image size from the first rows of {first['file']}: pass --image-size")
-
-
-def _label_lists(column: pa.Array | None, n: int) -> list:
-    if column is None:
-        return [None] * n
-    if pa.types.is_integer(column.type):
-        return [None if v is None else [v] for v in column.to_pylist()]
-    return column.to_pylist()
-
-
-def _parquet_work(batch: pa.Table, plan: _PlanLite, block_rows: int) -> Iterator[dict]:
-    item = batch.to_pylist()[0]
-    uri = item["file"]
-    cols = [c for c in (plan.image_column, plan.label_column, plan.id_column) if c is not None]
-    offset = 0
-    with storage.open_input(uri) as f:
-        pf = pq.ParquetFile(f)
-        for rb in pf.iter_batches(batch_size=block_rows, row_groups=[item["row_group"]], columns=cols):
-            n = rb.num_rows
-            rows = np.arange(item["row0"] + offset, item["row0"] + offset + n, dtype=np.int64)
-            file_rows = range(item["file_row0"] + offset, item["file_row0"] + offset + n)
-            offset += n
-            pre_bad: list = [None] * n
-            if plan.id_column is None:
-                ids = rows.copy()
-            else:
-                id_col = rb.column(plan.id_column)
-                ids = np.asarray(pc.fill_null(id_col, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-                if id_col.null_count:
-                    for i in np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False)).tolist():
-                        pre_bad[i] = "id is null"
-            sources = [f"{uri}#row={r}" for r in file_rows]
-            labels = _label_lists(rb.column(plan.label_column) if plan.label_column else None, n)
-            yield _rows_batch(rows, ids, _blob_column(rb.column(plan.image_column)), labels, sources, pre_bad, plan)
-    if offset != item["rows"]:
-        raise IOError(f"{uri} row group {item['row_group']}: read {offset} rows, its footer says {item['rows']}")
-
-
-# -------------------------------------------------------------- image folder
-
-
-def _plan_folder(uri: str, num_classes: int, mode: str, image_size, work_rows: int) -> SourcePlan:
-    from qadwh_ray.data.transforms import decode_image
-
-    fs, path = storage.filesystem_and_path(uri)
-    if not storage.is_dir(uri):
-        raise FileNotFoundError(f"no image folder at {uri}")
-    entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    classes = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith((".", "_")))
-    if not classes:
-        raise FileNotFoundError(f"no class sub-folders in {uri} (expected {uri}/<class name>/<images>)")
-    if len(classes) > num_classes:
-        raise ValueError(f"image folder {uri} has {len(classes)} class folders but the model has {num_classes} classes")
-    files, labels = [], []
-    for ci, name in enumerate(classes):
-        found = storage.list_files(storage.join(uri, name), recursive=True, suffixes=IMAGE_EXTENSIONS)
-        files.extend(found)
-        labels.extend([ci] * len(found))
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {uri}")
-    if image_size is None:
-        image_size = tuple(decode_image(storage.read_bytes(files[0]), mode=mode, source=files[0]).shape[:2])
-    chunk = max(1, min(work_rows, 256))
-    work = [
-        {"files": files[s : s + chunk], "labels": labels[s : s + chunk], "row0": s} for s in range(0, len(files), chunk)
-    ]
-    return SourcePlan("folder", uri, len(files), image_size, mode, num_classes, params={"classes": len(classes), "class_names": ",".join(classes)}, work=work)
-
-
-def _folder_work(batch: pa.Table, plan: _PlanLite, block_rows: int) -> Iterator[dict]:
-    item = batch.to_pylist()[0]
-    files, labels, row0 = item["files"], item["labels"], item["row0"]
-
-    def read(f: str) -> Any:
-        try:
-            return storage.read_bytes(f)
-        except FileNotFoundError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        blobs = list(pool.map(read, files))
-    n = len(files)
-    pre_bad = [f"cannot read: {b}" if isinstance(b, Exception) else None for b in blobs]
-    blobs = [None if isinstance(b, Exception) else b for b in blobs]
-    rows = np.arange(row0, row0 + n, dtype=np.int64)
-    yield _rows_batch(rows, rows.copy(), blobs, [[c] for c in labels], list(files), pre_bad, plan)
+def _dataset_block(batch: dict, positions, catalog, image_size, mode) -> dict:
+    rows = np.asarray(batch["data"], dtype=np.int64)
+    pos = _base_arrays(positions)[rows]
+    return _catalog_batch({"_row": rows, "position": pos}, catalog, image_size, mode)

@@ -17,7 +17,6 @@ from qadwh_ray.core.bits import check_code_length
 from qadwh_ray.learning.methods import LEGACY_TRIPLET_FORMS, METHODS, Method, get_method
 from qadwh_ray.model.config import BACKBONES, CLASS_INPUTS, ModelConfig
 
-DATASETS = ("fashion", "fashion-multilabel")
 SYMBOL_BITS = (1, 2, 4)  # DOH: K = 2, 4 or 16 scores per symbol
 LR_SCHEDULES = ("step", "cosine")
 TRIPLET_AVERAGES = ("all", "active")
@@ -25,8 +24,9 @@ TRIPLET_AVERAGES = ("all", "active")
 
 @dataclass
 class TrainConfig:
-    # data
+    # data: a dataset URI (image folder, Parquet, s3://...) or a built-in name (qadwh_ray.data.catalog)
     dataset: str = "fashion"
+    split: str | None = None  # a saved split.json (default: the seeded split of the dataset)
     split_seed: int = 0
     val_fraction: float = 0.1  # held out of the training images for validation MAP
     train_limit: int | None = None  # cap on training images (a seeded subset; for smoke runs and tests)
@@ -34,7 +34,7 @@ class TrainConfig:
     backbone: str = "compact"
     nbits: int = 48
     pretrained: str | None = None
-    image_size: int = 28
+    image_size: int | None = None  # the model's input side; default: the data's own (first image's larger side)
     class_input: str = "features"  # features (the paper's two streams) | codes: the classifier reads h
     flip_average: bool = False  # encode as the mean over the image and its mirror (ModelConfig)
     # the method trained (learning/methods.py): qadwh | qadwh-ref | ninh | ninh-paper | isdh | doh | adsq
@@ -87,8 +87,11 @@ class TrainConfig:
     worker_resources: dict | None = None  # extra Ray resources per worker, e.g. {"accelerator": 1} (node types)
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ValueError(f"dataset must be a dataset URI or a built-in name, got {self.dataset!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 8):
+            raise ValueError(f"image_size must be an integer of at least 8 pixels, got {self.image_size!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         check_code_length(self.nbits)
@@ -163,16 +166,18 @@ class TrainConfig:
     def batch_size(self) -> int:
         return self.classes_per_batch * self.images_per_class
 
-    @property
-    def num_classes(self) -> int:
-        return 10  # both built-in datasets are Fashion-MNIST based
-
-    def model_config(self) -> ModelConfig:
-        size = 56 if self.dataset == "fashion-multilabel" and self.image_size == 28 else self.image_size
+    def model_config(self, info, image_size: int, normalisation: tuple[list, list] | None = None) -> ModelConfig:
+        """The network for this config on a dataset (a :class:`~qadwh_ray.data.catalog.DatasetInfo`):
+        classes and channels come from the data; ``normalisation`` (per-channel mean, std) from its
+        training images (None: the built-in Fashion-MNIST statistics); the architecture from the method."""
+        extra = {}
+        if normalisation is not None:
+            extra = {"mean": tuple(normalisation[0]), "std": tuple(normalisation[1])}
         arch = self.method_spec.architecture
-        return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=self.num_classes, image_size=size,
-                           class_input=self.class_input, flip_average=self.flip_average, architecture=arch,
-                           symbol_bits=self.symbol_bits if arch == "ordinal" else 1)
+        return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=info.num_classes,
+                           in_channels=info.in_channels, image_size=int(image_size), class_input=self.class_input,
+                           flip_average=self.flip_average, architecture=arch,
+                           symbol_bits=self.symbol_bits if arch == "ordinal" else 1, **extra)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

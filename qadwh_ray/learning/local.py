@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from qadwh_ray.core.triplets import ClassBalancedBatchSampler
 from qadwh_ray.data.transforms import resize, to_float_tensor, train_augment
 from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_training_data
+from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import save_checkpoint
 from qadwh_ray.model.network import build_model
@@ -38,7 +38,7 @@ def train_local(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = data or load_training_data(cfg)
-    model = build_model(cfg.model_config(), cfg.pretrained)
+    model = build_model(model_config_for(cfg, data), cfg.pretrained)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     sampler = ClassBalancedBatchSampler(data.train_labels, cfg.classes_per_batch, cfg.images_per_class, seed=cfg.seed)
@@ -95,5 +95,6 @@ def train_local(
         save_checkpoint(
             checkpoint_uri, model, train_config=cfg.to_dict(), step=result.steps, epoch=len(result.history),
             split_seed=cfg.split_seed, history=result.history, train_seconds=result.seconds,
+            dataset=data.info.to_dict(),
         )
     return result

@@ -32,8 +32,8 @@ class ModelConfig:
     # for twice the encoding compute (docs/results.md). Off by default.
     flip_average: bool = False
     # Normalisation applied by encode(); stored so a checkpoint encodes raw pixels on its own.
-    mean: float = 0.2860
-    std: float = 0.3530
+    mean: float | tuple[float, ...] = 0.2860  # one value, or one per channel
+    std: float | tuple[float, ...] = 0.3530
     architecture: str = "two-stream"
     # ordinal only: each code symbol is the argmax of 2**symbol_bits scores, stored in symbol_bits bits
     symbol_bits: int = 1
@@ -50,6 +50,13 @@ class ModelConfig:
             raise ValueError(f"unknown class_input {self.class_input!r}; choose one of {', '.join(CLASS_INPUTS)}")
         if not isinstance(self.flip_average, bool):
             raise ValueError(f"flip_average must be true or false, got {self.flip_average!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, list):  # from a checkpoint's JSON-like dict
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+                value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) not in (1, self.in_channels):
+                raise ValueError(f"{name} has {len(value)} values for {self.in_channels} channel(s)")
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if self.architecture not in ARCHITECTURES:

@@ -31,7 +31,7 @@ def default_chunk(device: str | torch.device) -> int:
 
 @dataclass
 class EncodeResult:
-    codes: np.ndarray  # (n, nbits/8) uint8, packed little-endian
+    codes: np.ndarray  # (n, ceil(nbits/8)) uint8, packed little-endian, padding bits 0
     qadwh_weights: np.ndarray | None  # (n, nbits) float32, eq. 14; None without a class stream and W
     dwh_weights: np.ndarray | None  # (nbits,) float32
     logits: np.ndarray | None  # (n, c) float32
@@ -47,14 +47,13 @@ def preprocess(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
         raise TypeError(f"images must be uint8 pixels, got dtype {images.dtype}")
     if images.ndim not in (3, 4):
         raise ValueError(f"images must be (n, H, W) or (n, H, W, C), got shape {images.shape}")
+    channels = 1 if images.ndim == 3 else images.shape[-1]
+    if channels != cfg.in_channels:
+        want = "grey (n, H, W)" if cfg.in_channels == 1 else "RGB (n, H, W, 3)"
+        raise ValueError(f"this model takes {want} images, got {channels}-channel images of shape {images.shape}")
     x = to_float_tensor(images, mean=cfg.mean, std=cfg.std)
     if x.shape[-2:] != (cfg.image_size, cfg.image_size):
         x = resize(x, cfg.image_size)  # e.g. 28×28 Fashion-MNIST into a 224×224 VGG-19
-    if x.shape[1] != cfg.in_channels:
-        if cfg.in_channels == 1:
-            x = x.mean(dim=1, keepdim=True)
-        else:
-            x = x.expand(-1, 3, -1, -1)
     return x
 
 

@@ -8,7 +8,7 @@ verify → publish → service swap.
 
 The index arguments are those of ``qadwh index`` (``--out`` is the index root;
 checks always run). Storage locations may come from the environment
-(``QADWH_CHECKPOINT``, ``QADWH_INDEX_SOURCE``, ``QADWH_INDEX_URI``,
+(``QADWH_CHECKPOINT``, ``QADWH_DATA``, ``QADWH_INDEX_URI``,
 ``QADWH_STORAGE``, ``QADWH_SERVICE_URL``). Exit status: 0 published (and
 swapped); 1 a stage failed — the previous version still serves, reason
 printed; 2 bad arguments.
@@ -67,7 +67,9 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         if args.retrain:
             from qadwh_ray.learning.config import load_config
 
-            train_cfg = load_config(args.train_config, args.train_set)
+            # retrain on the dataset being indexed, with the split the index build uses
+            train_cfg = load_config(args.train_config, args.train_set).replace(
+                dataset=args.source, split=args.split, split_seed=args.split_seed)
         opts = NightlyOptions(
             index=args.out, source=args.source, checkpoint=args.checkpoint, incremental=args.incremental,
             retrain=args.retrain, train_config=train_cfg, train_storage=args.train_storage, run_name=args.run_name,

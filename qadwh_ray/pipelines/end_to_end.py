@@ -4,8 +4,9 @@
    form, at every code length) through Ray Train;
 2. **evaluate** the checkpoints: the ablation table (with LSH and ITQ) on the
    paper split's query set and database;
-3. **index** the 64,000-image database with the largest QaDWH model through
-   Ray Data into a versioned, sharded index, and publish it;
+3. **index** the dataset's database part (64,000 images of Fashion-MNIST by
+   default) with the largest QaDWH model through Ray Data into a versioned,
+   sharded index, and publish it;
 4. **serve** it on Ray Serve, run sample queries over HTTP, print a working
    ``curl`` line and the search page's URL, and keep serving until interrupted
    (``exit_after_queries`` stops after the sample queries, for scripts).
@@ -38,7 +39,6 @@ class MainJobOptions:
     bits: list[int] = field(default_factory=lambda: [48])
     methods: list[str] = field(default_factory=lambda: ["ninh", "qadwh"])
     out: str = "runs/main"
-    index_source: str = "fashion"  # the paper split's 64,000-image database
     shards: int = 2
     ray_address: str | None = None
     host: str = "127.0.0.1"
@@ -73,8 +73,9 @@ def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS) -> None:
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
 
 
-def train_stage(opts: MainJobOptions, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
+def train_stage(opts: MainJobOptions, data=None, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
     """Train every (method, bits) through Ray Train; copy each model to ``out/checkpoints/<method>-<bits>.pt``."""
+    from qadwh_ray.learning.datasets import limit_training
     from qadwh_ray.train.trainer import train_on_ray
 
     ckpt_dir = storage.join(opts.out, "checkpoints")
@@ -85,7 +86,8 @@ def train_stage(opts: MainJobOptions, log=print) -> tuple[dict[tuple[str, int], 
             cfg = opts.base.replace(nbits=nbits, method=method)
             name = checkpoint_name(method, nbits)[: -len(".pt")]
             log(f"-- {cfg.method_spec.title} at {nbits} bits: {cfg.epochs} epochs on {cfg.num_workers} Ray Train worker(s)")
-            info = train_on_ray(cfg, storage_path=storage.join(opts.out, "train"), run_name=name,
+            train_data = None if data is None else limit_training(data, cfg.train_limit, cfg.split_seed)
+            info = train_on_ray(cfg, storage_path=storage.join(opts.out, "train"), run_name=name, data=train_data,
                                 progress=opts.progress, log=log)
             if info.steps < info.total_steps or not info.model_uri:
                 raise RuntimeError(f"training run {name} stopped at step {info.steps} of {info.total_steps}")
@@ -139,7 +141,6 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
     """Deploy the service on the published index and query it over HTTP."""
     from ray import serve
 
-    from qadwh_ray.data.fashion import CLASS_NAMES
     from qadwh_ray.serving.app import build_app
     from qadwh_ray.serving.client import ServiceClient
 
@@ -155,7 +156,7 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
         f"{info['bits']}-bit codes")
     rng = np.random.default_rng(0)
     pick = rng.choice(len(data.query_images), size=min(opts.num_sample_queries, len(data.query_images)), replace=False)
-    rows = sample_queries(client, data.query_images[pick], data.query_labels[pick], CLASS_NAMES, log)
+    rows = sample_queries(client, data.query_images[pick], data.query_labels[pick], data.class_names, log)
     item_id = int(data.db_ids[0])
     by_id = client.search(item_id=item_id, k=5)
     log(f"   query by indexed item {item_id}: ids {by_id['ids']} distances {[round(d, 3) for d in by_id['distances']]}")
@@ -173,12 +174,15 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
         raise ValueError("the main job indexes and serves the QaDWH model: keep 'qadwh' in the methods")
     t_start = time.perf_counter()
     _init_ray(opts.ray_address, opts.ingress)
-    data = load_retrieval_data(opts.base.dataset, opts.base.split_seed, opts.base.val_fraction)
+    data = load_retrieval_data(opts.base.dataset, opts.base.split_seed, opts.base.val_fraction,
+                               image_size=opts.base.image_size, split_uri=opts.base.split)
     log(data.summary())
-    summary: dict = {"out": opts.out}
+    split_uri = storage.join(opts.out, "split.json")  # evaluate and index reuse it
+    data.split.save(split_uri)
+    summary: dict = {"out": opts.out, "dataset": data.info.to_dict(), "split": split_uri}
 
     t0 = _stage(log, 1, "train on Ray Train")
-    models, runs = train_stage(opts, log)
+    models, runs = train_stage(opts, data, log)
     summary["train"] = {"runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
 
     t0 = _stage(log, 2, "evaluate (ablation table on the query set)")
@@ -195,7 +199,8 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
 
     t0 = _stage(log, 3, "index the database on Ray Data")
     index_ckpt = models[("qadwh", max(opts.bits))]
-    built = build_index(index_ckpt, opts.index_source, storage.join(opts.out, "index"), BuildOptions(shards=opts.shards))
+    built = build_index(index_ckpt, opts.base.dataset, storage.join(opts.out, "index"),
+                        BuildOptions(shards=opts.shards, split=split_uri, split_seed=opts.base.split_seed))
     log(f"   {built.summary()}")
     summary["index"] = {"version": built.version, "items": built.manifest.num_items, "root": built.root,
                         "seconds": round(time.perf_counter() - t0, 1)}

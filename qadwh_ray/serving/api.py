@@ -7,9 +7,11 @@
   JSON ``{"image_base64": ...}``;
 * an existing item — JSON ``{"id": 123}``;
 * a packed code — JSON ``{"code": "<hex>", "weights": [...]}`` (hex of the
-  ``nbits/8`` code bytes, bit ``t`` of byte ``j`` = bit ``8j+t``, little-endian
-  as everywhere in the project); ``weights`` (one non-negative weight per bit)
-  are required for ``mode="qadwh"`` and refused otherwise.
+  ``ceil(nbits/8)`` code bytes, byte 0 first, bit ``t`` of byte ``j`` = bit
+  ``8j+t``, little-endian as everywhere in the project; for a length that is
+  not a multiple of 8 the padding bits ``nbits .. 8*ceil(nbits/8)-1`` must be 0,
+  :mod:`qadwh_ray.core.bits`); ``weights`` (``nbits`` non-negative weights, one
+  per real bit) are required for ``mode="qadwh"`` and refused otherwise.
 
 Query-string parameters ``k``, ``mode``, ``radius`` and ``debug`` are accepted
 for every body type (body fields win). Every problem is an
@@ -49,7 +51,9 @@ class SearchBody(BaseModel):
 
     image_base64: Optional[str] = Field(None, description="an encoded image (PNG, JPEG, ...) in base64")
     id: Optional[int] = Field(None, description="search with an indexed item (its stored code)")
-    code: Optional[str] = Field(None, description="packed code as hex (nbits/4 hex digits)")
+    code: Optional[str] = Field(
+        None, description="packed code as hex: ceil(nbits/8) bytes, byte 0 first, bits little-endian in each byte, padding bits 0"
+    )
     weights: Optional[List[float]] = Field(None, description="per-bit weights for a code query in mode qadwh")
     k: Optional[int] = Field(None, description="results wanted (1 .. max_k)")
     mode: Optional[str] = Field(None, description="qadwh | dwh | hamming")
@@ -278,20 +282,30 @@ async def parse_search(request, default_k: int, max_k: int) -> Query:
 
 
 def parse_code(code_hex: str, nbits: int) -> bytes:
+    """The packed bytes of a hex code of an ``nbits``-bit index (see the module docstring)."""
+    import numpy as np
+
+    from qadwh_ray.core.bits import check_codes, code_bytes
+
     s = code_hex.strip().lower()
     if s.startswith("0x"):
         s = s[2:]
-    want = nbits // 4
+    want = 2 * code_bytes(nbits)
     if len(s) != want:
         raise ApiError(
             422,
             "invalid_code",
-            f"code has {len(s)} hex digits ({len(s) * 4} bits); this index uses {nbits}-bit codes ({want} hex digits)",
+            f"code has {len(s)} hex digits; this index uses {nbits}-bit codes, sent as {want // 2} bytes ({want} hex digits)",
         )
     try:
-        return bytes.fromhex(s)
+        code = bytes.fromhex(s)
     except ValueError:
         raise ApiError(422, "invalid_code", "code must be hexadecimal digits") from None
+    try:
+        check_codes(np.frombuffer(code, dtype=np.uint8).reshape(1, -1), nbits, name="code")
+    except ValueError as exc:
+        raise ApiError(422, "invalid_code", str(exc)) from None
+    return code
 
 
 def parse_weights(weights: list, nbits: int) -> list:

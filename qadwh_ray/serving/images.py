@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["image_kind", "class_names", "item_pixels", "ImageUnavailable", "check_pixels"]
+__all__ = ["image_kind", "class_names", "has_item_images", "item_pixels", "ImageUnavailable", "check_pixels"]
 
 _FASHION_KINDS = ("fashion", "fashion-augmented")
 _MAX_SOURCE_BYTES = 64 * 1024 * 1024
@@ -34,19 +34,24 @@ def image_kind(manifest) -> Optional[str]:
 
 
 def class_names(manifest, num_classes: Optional[int]) -> Optional[list]:
-    """Human class names when the version's sources define them."""
+    """The names of the model's ``num_classes`` classes: the manifest's (the dataset's own).
+
+    A version written before manifests carried class names has them only
+    when its sources are the built-in Fashion-MNIST sets.
+    """
     n = num_classes or manifest.num_classes
-    srcs = [s for s in (manifest.sources or []) if isinstance(s, dict)]
-    if image_kind(manifest) == "fashion":
+    names = manifest.class_names
+    if names is None and image_kind(manifest) == "fashion":
         from qadwh_ray.data.fashion import CLASS_NAMES
 
-        return list(CLASS_NAMES) if n in (None, len(CLASS_NAMES)) else None
-    for s in srcs:
-        names = s.get("class_names")
-        if s.get("kind") == "folder" and isinstance(names, str):
-            out = names.split(",")
-            return out if n is None or len(out) <= n else None
-    return None
+        names = list(CLASS_NAMES)
+    return list(names) if names is not None and (n is None or len(names) == n) else None
+
+
+def has_item_images(manifest) -> bool:
+    """Whether the version says where its items' images are (built-in sets, or a source URI per item)."""
+    kinds = {s.get("kind") for s in (manifest.sources or []) if isinstance(s, dict)}
+    return bool(kinds) and kinds <= {*_FASHION_KINDS, "dataset", "folder", "parquet"}
 
 
 def check_pixels(width: int, height: int, limit: int) -> None:

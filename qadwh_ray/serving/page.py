@@ -1,7 +1,8 @@
 """The search page served at ``GET /``: one self-contained HTML file (no build step).
 
 Upload an image or pick a random database item, see the top-k thumbnails
-with their distances and labels, and switch between QaDWH, DWH and plain
+(grey or colour, as the dataset's images are) with their distances and the
+dataset's own class names, and switch between QaDWH, DWH and plain
 Hamming ranking to see the order change. Everything it shows comes from the
 public JSON API; with a token configured it asks for it once and keeps it in
 ``sessionStorage``. Data from the API is only ever inserted as text.
@@ -46,7 +47,7 @@ PAGE_HTML = r"""<!doctype html>
 <body>
 <header>
   <h1>QaDWH image search</h1>
-  <span class="meta">index <b id="version">…</b> · <span id="items">?</span> items · <span id="bits">?</span> bits · <span id="shards">?</span> shards</span>
+  <span class="meta">index <b id="version">…</b> · <span id="items">?</span> items · <span id="bits">?</span> bits · <span id="shards">?</span> shards · <span id="classes" title="">?</span> classes</span>
 </header>
 <main>
   <div id="tokenbox">
@@ -116,6 +117,9 @@ PAGE_HTML = r"""<!doctype html>
       $("items").textContent = info.items;
       $("bits").textContent = info.bits;
       $("shards").textContent = info.num_shards;
+      var names = info.class_names || [];
+      $("classes").textContent = names.length ? names.length : "?";
+      $("classes").title = names.join(", ");
       $("k").max = info.max_k;
     }).catch(function (e) { setStatus("Index unavailable: " + e.message, true); });
   }

@@ -706,6 +706,8 @@ class Router:
 
     @fastapi_app.get("/v1/index", summary="The active index version", responses=ERROR_RESPONSES)
     async def index_info(self, request: Request):
+        from qadwh_ray.serving.images import has_item_images
+
         self._auth(request)
         st = self._require_active()
         return {
@@ -717,7 +719,7 @@ class Router:
             "created_at": st.created_at,
             "checkpoint": st.checkpoint,
             "class_names": st.class_names,
-            "has_images": bool(self.args.images_from_sources and st.image_kind is not None),
+            "has_images": bool(self.args.images_from_sources and has_item_images(st.manifest)),
             "following": "admin_pin" if self.admin_pin else ("user_config_pin" if self.user_pin else "CURRENT"),
             "pinned": self.admin_pin or self.user_pin,
             "swaps": self.swaps,

@@ -53,7 +53,7 @@ class LoadedShard:
     shard: int
     code_bits: int
     ids: np.ndarray  # (n,) int64 ascending
-    codes: np.ndarray  # (n, nbits/8) uint8 in id order
+    codes: np.ndarray  # (n, ceil(nbits/8)) uint8 in id order
     labels: Optional[np.ndarray]  # (n, c) uint8 or None
     sources: Optional[list]
     index: Any  # HashIndex (None when the shard is empty)
@@ -91,7 +91,7 @@ def load_shard_version(root: str, version: str, shard: int, device: str = "cpu")
 
     reader = IndexReader(root, version)
     m = reader.manifest
-    nb = m.code_bits // 8
+    nb = m.code_bytes
     if shard >= m.num_shards:
         return LoadedShard(reader.version, shard, m.code_bits, np.zeros(0, np.int64), np.zeros((0, nb), np.uint8), None, None, None)
     d = reader.read_shard(shard)

@@ -40,6 +40,7 @@ def write_index_version(
     checkpoint: dict,
     sources: Optional[list] = None,
     item_sources: Optional[list] = None,
+    class_names: Optional[list] = None,
     version: Optional[str] = None,
     publish: bool = True,
 ) -> str:
@@ -48,11 +49,14 @@ def write_index_version(
 
     ``labels`` is an ``(n, c)`` 0/1 matrix or None; ``item_sources`` an
     optional per-item source string list; ``sources`` the manifest's source
-    records (e.g. ``[{"kind": "fashion", "uri": "fashion:all"}]``).
+    records (e.g. ``[{"kind": "fashion", "uri": "fashion:all"}]``); the code
+    length and the classes are the checkpoint's (``checkpoint["model_config"]``),
+    ``class_names`` the dataset's names of them.
     """
     from qadwh_ray.index.format import (
         Manifest,
         ShardInfo,
+        class_names_for,
         make_shard_table,
         shard_file_name,
         shard_of_ids,
@@ -64,7 +68,8 @@ def write_index_version(
     version = version or store.new_version_name()
     ids = np.asarray(ids, dtype=np.int64)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    nbits = codes.shape[1] * 8
+    model_config = checkpoint["model_config"]
+    nbits = int(model_config["nbits"])
     home = shard_of_ids(ids, num_shards)
     infos = []
     for s in range(num_shards):
@@ -93,6 +98,7 @@ def write_index_version(
         checkpoint=dict(checkpoint),
         created_at=utc_iso(),
         num_classes=None if labels is None else int(labels.shape[1]),
+        class_names=class_names_for(int(model_config["num_classes"]), class_names),
         sources=list(sources or []),
         build={"writer": "qadwh_ray.serving.testing.write_index_version"},
     )

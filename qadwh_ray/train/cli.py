@@ -12,10 +12,13 @@ import argparse
 import json
 import sys
 
+from qadwh_ray.data.arguments import add_data_argument
+
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML training config (see configs/); unknown keys are errors")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    add_data_argument(p)
     p.add_argument(
         "--storage",
         default=None,
@@ -46,6 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
+        cfg = cfg.replace(dataset=args.data) if args.data else cfg
         from qadwh_ray.train.trainer import train_on_ray
 
         info = train_on_ray(

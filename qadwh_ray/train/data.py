@@ -14,8 +14,11 @@ How the stream is built (everything lazy, nothing collected in the driver):
 2. :class:`ClassBalancedDataConfig` (a ``ray.train.DataConfig``) turns it, for
    each rank, into a pipeline ``epoch → (step, slot, index)`` rows (the sampler
    replayed for ``(seed, epoch)``: ints only) ``→`` the rank's slots ``→``
-   ``image`` + ``label`` columns looked up in the training arrays (one
-   ``ray.put`` object, read zero-copy by the Ray Data tasks).
+   ``image`` + ``label`` columns: the images read from the dataset's own files,
+   decoded, normalised and augmented in the Ray Data tasks
+   (:mod:`qadwh_ray.data.readers`, :func:`prepare_images`). Only the
+   catalog (ids, labels, file locations) is in the object store, never the
+   pixels, so a training set larger than the object store still trains.
 3. Each rank's pipeline runs with ``preserve_order=True``, so its rows arrive in
    step order and ``iter_torch_batches(batch_size=B/N)`` yields exactly its
    slice of global batch 0, 1, 2, ...; :func:`iter_local_batches` checks that
@@ -138,34 +141,85 @@ class _PlanRows:
         }
 
 
-class _RankSlice:
-    """Ray Data UDF: keep one rank's slots of every global batch and add its images and labels."""
+_SOURCES: dict = {}
 
-    def __init__(self, images_ref, labels_ref, rank: int, local_batch: int):
-        self.images_ref = images_ref
-        self.labels_ref = labels_ref
+
+def _training_source(source_ref) -> dict:
+    """The training source behind an ObjectRef (catalog: ids, labels, file locations — no pixels),
+    fetched once per worker process."""
+    key = source_ref.hex()
+    if key not in _SOURCES:
+        import ray
+
+        _SOURCES.clear()
+        _SOURCES[key] = ray.get(source_ref)
+    return _SOURCES[key]
+
+
+class _RankSlice:
+    """Ray Data UDF: keep one rank's slots of every global batch; read, decode, normalise and augment
+    their images (the CPU work of the input pipeline, off the training worker)."""
+
+    def __init__(self, source_ref, rank: int, local_batch: int):
+        self.source_ref = source_ref
         self.rank = rank
         self.local_batch = local_batch
 
     def __call__(self, batch: dict) -> dict:
-        import ray
+        from qadwh_ray.data.readers import read_images
 
         keep = np.asarray(batch["slot"]) // self.local_batch == self.rank
         index = np.asarray(batch["index"])[keep]
-        images, labels = ray.get([self.images_ref, self.labels_ref])
+        steps = np.asarray(batch["step"])[keep]
+        src = _training_source(self.source_ref)
+        size = src["image_size"]
+        positions = src["positions"][index]
+        images, _ = read_images(src["catalog"], positions, size=(size, size))
         return {
-            "step": np.asarray(batch["step"])[keep],
+            "step": steps,
             "index": index,
-            "image": images[index],
-            "label": labels[index],
+            "image": prepare_images(images, steps, self.rank, src),
+            "label": src["catalog"].labels[positions],
         }
 
 
-def rank_dataset(epochs_ds, images_ref, labels_ref, plan: BatchPlan, rank: int, world_size: int, num_cpus: float = 0.0):
+def prepare_images(images: np.ndarray, steps: np.ndarray, rank: int, src: dict) -> np.ndarray:
+    """uint8 pixels -> the float32 ``(n, C, H, W)`` batch the network trains on: normalised, and with
+    ``augment`` randomly cropped, flipped (and erased) with one random stream per (seed, step, rank) —
+    the same whichever task or block a step's rows land in."""
+    import torch
+
+    from qadwh_ray.data.transforms import to_float_tensor, train_augment
+
+    x = to_float_tensor(images, mean=src["mean"], std=src["std"])
+    if src["augment"]:
+        for step in np.unique(steps).tolist():
+            rows = np.flatnonzero(steps == step)
+            seed = int(np.random.default_rng([src["seed"], step, rank, 1]).integers(2**62))
+            x[rows] = train_augment(x[rows], torch.Generator().manual_seed(seed), erase=src["erase"])
+    return x.numpy()
+
+
+def training_source(catalog, positions: np.ndarray, image_size: int, model_config, cfg) -> dict:
+    """What the rank pipelines read training images from (metadata only, put in the object store once)
+    and how they prepare them: the model's input size and normalisation, the config's augmentation."""
+    return {
+        "catalog": catalog,
+        "positions": np.asarray(positions, dtype=np.int64),
+        "image_size": int(image_size),
+        "mean": model_config.mean,
+        "std": model_config.std,
+        "augment": bool(cfg.augment),
+        "erase": float(cfg.erase_probability),
+        "seed": int(cfg.seed),
+    }
+
+
+def rank_dataset(epochs_ds, source_ref, labels_ref, plan: BatchPlan, rank: int, world_size: int, num_cpus: float = 0.0):
     """One rank's stream: its slice of every global batch, in step order (needs ``preserve_order``)."""
     local = plan.local_batch(world_size)
     return epochs_ds.map_batches(_PlanRows(labels_ref, plan), batch_size=1, num_cpus=num_cpus).map_batches(
-        _RankSlice(images_ref, labels_ref, rank, local), batch_size=None, num_cpus=num_cpus
+        _RankSlice(source_ref, rank, local), batch_size=None, num_cpus=num_cpus
     )
 
 
@@ -185,11 +239,11 @@ class ClassBalancedDataConfig(DataConfig):
     """
 
     def __init__(
-        self, images_ref, labels_ref, plan: BatchPlan, num_cpus: float = 0.0, progress_bars: bool = False, **kwargs
+        self, source_ref, labels_ref, plan: BatchPlan, num_cpus: float = 0.0, progress_bars: bool = False, **kwargs
     ):
         super().__init__(**kwargs)
         self.progress_bars = progress_bars
-        self.images_ref = images_ref
+        self.source_ref = source_ref
         self.labels_ref = labels_ref
         self.plan = plan
         self.num_cpus = num_cpus
@@ -203,7 +257,7 @@ class ClassBalancedDataConfig(DataConfig):
         if DATASET_NAME in datasets:
             base = datasets[DATASET_NAME]
             for rank in range(world_size):
-                ds = rank_dataset(base, self.images_ref, self.labels_ref, self.plan, rank, world_size, self.num_cpus)
+                ds = rank_dataset(base, self.source_ref, self.labels_ref, self.plan, rank, world_size, self.num_cpus)
                 options = self._resolve_execution_options(DATASET_NAME)
                 options.preserve_order = True  # batch b's rows must arrive as batch b
                 ds.context.execution_options = options
@@ -224,7 +278,7 @@ def epochs_dataset(plan: BatchPlan):
 
 class LocalBatch(NamedTuple):
     step: int
-    images: "torch.Tensor"  # (b, H, W[, 3]) uint8 on the training device
+    images: "torch.Tensor"  # (b, C, H, W) float32 on the training device: normalised and augmented
     labels: "torch.Tensor"  # (b, c) float32 on the training device
     index: np.ndarray  # rows of the training arrays (for checks)
 

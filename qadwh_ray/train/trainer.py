@@ -25,13 +25,16 @@ import numpy as np
 
 from qadwh_ray import storage
 from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_training_data
+from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
 from qadwh_ray.model.checkpoint import FILENAME, load_payload
 
 STORAGE_ENV = "QADWH_STORAGE"
 DEFAULT_STORAGE = "~/qadwh_runs"
 
 # Settings a resumed run may change; everything else must match the checkpoint's config.
+# Validation MAP ranks held-out images against the training images, at most this many (a seeded sample).
+VALIDATION_DATABASE_MAX = 5000
+
 RESUMABLE_CHANGES = ("epochs", "max_steps", "num_workers", "use_gpu", "cpus_per_worker", "worker_resources")
 
 
@@ -71,7 +74,8 @@ def default_storage() -> str:
 
 
 def default_run_name(cfg: TrainConfig) -> str:
-    return f"qadwh-{cfg.dataset}-{cfg.method}-{cfg.nbits}b-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in cfg.dataset.rstrip("/").rsplit("/", 1)[-1])
+    return f"qadwh-{name}-{cfg.method}-{cfg.nbits}b-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def normalize_storage(uri: str) -> str:
@@ -188,7 +192,8 @@ def train_on_ray(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from qadwh_ray.train.data import BatchPlan, ClassBalancedDataConfig, epochs_dataset
+    from qadwh_ray.data.readers import read_images
+    from qadwh_ray.train.data import BatchPlan, ClassBalancedDataConfig, epochs_dataset, training_source
     from qadwh_ray.train.worker import train_loop_per_worker as default_loop
 
     t0 = time.perf_counter()
@@ -213,8 +218,7 @@ def train_on_ray(
         )
     check_storage(storage_path)
     data = data or load_training_data(cfg)
-    if cfg.num_classes != data.train_labels.shape[1]:
-        raise ValueError(f"config has {cfg.num_classes} classes but the data has {data.train_labels.shape[1]}")
+    model_config = model_config_for(cfg, data)
     plan = BatchPlan.for_config(cfg, data.train_labels)  # raises on impossible class-balanced batches
     ckpt_uri, _ = latest_checkpoint(storage_path, run_name)
     start_step = 0
@@ -226,12 +230,20 @@ def train_on_ray(
         del payload
     plan = BatchPlan.for_config(cfg, data.train_labels, start_step=start_step)
 
-    # ---- inputs: training arrays in the object store once; each worker streams its slice via Ray Data
-    images_ref = ray.put(np.ascontiguousarray(data.train_images))
+    # ---- inputs: the catalog (no pixels) in the object store once; each worker streams its slice via
+    # Ray Data, whose tasks read and decode the images; validation images (a capped sample) are small
+    source_ref = ray.put(training_source(data.catalog, data.train_pos, data.image_size, model_config, cfg))
     labels_ref = ray.put(np.ascontiguousarray(data.train_labels))
     val_ref = None
-    if len(data.val_images):
-        val_ref = ray.put({"val_images": data.val_images, "val_labels": data.val_labels})
+    if len(data.val_pos):
+        db = data.train_pos
+        if len(db) > VALIDATION_DATABASE_MAX:
+            db = np.sort(np.random.default_rng(cfg.split_seed).choice(db, VALIDATION_DATABASE_MAX, replace=False))
+        size = (data.image_size, data.image_size)
+        val_ref = ray.put({
+            "val_images": data.val_images, "val_labels": data.val_labels,
+            "db_images": read_images(data.catalog, db, size=size)[0], "db_labels": data.catalog.labels[db],
+        })
     fs, fs_path = _fs_and_path(storage_path)
     resources = {"CPU": float(cfg.cpus_per_worker), **{k: float(v) for k, v in (cfg.worker_resources or {}).items()}}
     if cfg.use_gpu:
@@ -242,7 +254,8 @@ def train_on_ray(
             "train_config": cfg.to_dict(),
             "plan": plan.to_dict(),
             "val": val_ref,
-            "train_arrays": [images_ref, labels_ref],  # the validation database: the training images
+            "model_config": model_config.to_dict(),
+            "dataset": data.info.to_dict(),
             "threads": max(1, int(cfg.cpus_per_worker)),
             "progress": progress,
         },
@@ -257,7 +270,7 @@ def train_on_ray(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": epochs_dataset(plan)},
-        dataset_config=ClassBalancedDataConfig(images_ref, labels_ref, plan),
+        dataset_config=ClassBalancedDataConfig(source_ref, labels_ref, plan),
     )
     log(
         f"training run {run_name}: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker:g} CPU"

@@ -18,10 +18,10 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
-from qadwh_ray.data.transforms import resize, to_float_tensor, train_augment
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes
+from qadwh_ray.model.config import ModelConfig
 from qadwh_ray.model.network import build_model
 from qadwh_ray.train.data import DATASET_NAME, BatchPlan, iter_local_batches
 
@@ -30,11 +30,10 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_step{step:08d}"
 
 
-def _seeds(cfg: TrainConfig, rank: int, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Per (rank, epoch) random streams: a run resumed at an epoch boundary draws what an uninterrupted one would."""
-    rng = np.random.default_rng([cfg.seed, rank, epoch])
-    aug = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, rank, epoch, 1]).integers(2**62)))
-    return rng, aug
+def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator:
+    """Per (rank, epoch) triplet-sampling stream: a run resumed at an epoch boundary draws what an
+    uninterrupted one would (augmentation is seeded per step in the Ray Data tasks)."""
+    return np.random.default_rng([cfg.seed, rank, epoch])
 
 
 def _restore(checkpoint, net, optimizer, scheduler) -> tuple[int, list[dict]]:
@@ -57,8 +56,8 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
 
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point. ``config``: ``train_config`` (TrainConfig dict), ``plan`` (BatchPlan dict),
-    ``val`` (object ref of the validation arrays, or None), ``train_arrays`` (refs of the training images and
-    labels: the validation database), ``threads`` and ``progress`` (a step bar)."""
+    ``val`` (object ref of the validation queries and database, or None), ``model_config`` (the network, from
+    the data), ``dataset`` (the DatasetInfo dict the checkpoint records), ``threads`` and ``progress``."""
     cfg = TrainConfig.from_dict(config["train_config"])
     plan = BatchPlan(**config["plan"])
     ctx = ray.train.get_context()
@@ -67,7 +66,7 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg.model_config(), cfg.pretrained).to(device)
+    net = build_model(ModelConfig.from_dict(config["model_config"]), cfg.pretrained).to(device)
     optimizer = make_optimizer(net, cfg)  # freezes W where the method does not learn it: before DDP sees it
     scheduler = make_scheduler(optimizer, cfg)
     start_step, history = _restore(ray.train.get_checkpoint(), net, optimizer, scheduler)
@@ -88,12 +87,10 @@ def train_loop_per_worker(config: dict) -> dict:
     if start_step >= plan.total_steps:
         return info  # already complete: nothing to train, the latest checkpoint stands
 
-    mc = net.config
     spe = plan.steps_per_epoch
     val = None
     if rank == 0 and config.get("val") is not None:  # validation MAP: held-out images vs the training images
-        val = dict(ray.get(config["val"]))
-        val["db_images"], val["db_labels"] = ray.get(list(config["train_arrays"]))
+        val = ray.get(config["val"])
     shard = ray.train.get_dataset_shard(DATASET_NAME)
 
     def new_epoch():
@@ -101,14 +98,10 @@ def train_loop_per_worker(config: dict) -> dict:
 
     step = start_step
     sums, t_epoch = new_epoch()
-    rng, aug_gen = _seeds(cfg, rank, plan.epoch_of(step))
+    rng = _triplet_rng(cfg, rank, plan.epoch_of(step))
     bar = _progress_bar(plan, start_step) if rank == 0 and config.get("progress") else None
     for batch in iter_local_batches(shard, plan, world, start_step, device):
-        x = to_float_tensor(batch.images, mean=mc.mean, std=mc.std)
-        if cfg.augment:
-            x = train_augment(x, aug_gen, erase=cfg.erase_probability)
-        if x.shape[-1] != mc.image_size:
-            x = resize(x, mc.image_size)
+        x = batch.images  # normalised and augmented by the Ray Data tasks (train/data.py)
         parts = train_step(model, optimizer, x, batch.labels, cfg, rng, gather, epoch=plan.epoch_of(step))
         sums["loss"] += float(parts.total.detach()) / world  # Σ over ranks = the global batch's loss
         sums["triplet"] += parts.triplet
@@ -150,10 +143,10 @@ def train_loop_per_worker(config: dict) -> dict:
         history.append(row)
         if rank == 0:
             print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history)
+        _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, config.get("dataset"))
         info.update(steps=step, history=history)
         sums, t_epoch = new_epoch()
-        rng, aug_gen = _seeds(cfg, rank, plan.epoch_of(step))
+        rng = _triplet_rng(cfg, rank, plan.epoch_of(step))
     if bar is not None:
         bar.close()
     return info
@@ -169,7 +162,7 @@ def _progress_bar(plan: BatchPlan, start_step: int):
     return bar
 
 
-def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history) -> None:
+def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, dataset=None) -> None:
     """Rank 0 reports the metrics with a checkpoint (model incl. W, optimiser, schedule, step, config,
     split seed); the other ranks report the same metrics without one."""
     name = checkpoint_dir_name(step)
@@ -185,6 +178,7 @@ def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history) -> 
         train_config=cfg.to_dict(),
         split_seed=cfg.split_seed,
         history=history,
+        dataset=dataset,
     )
     with tempfile.TemporaryDirectory(prefix="qadwh-ckpt-") as d:
         with open(os.path.join(d, FILENAME), "wb") as f:

@@ -40,3 +40,36 @@ def serving_api(ray_cluster, serving_index, tmp_path_factory):
     sess.headers["Authorization"] = f"Bearer {SERVING_TOKEN}"
     yield {"base": base, "fx": serving_index, "s": sess, "token": SERVING_TOKEN, "name": name}
     S.teardown(name)
+
+
+@pytest.fixture(scope="session")
+def serving_rgb12(ray_cluster, tmp_path_factory):
+    """The paper's 12 bits on an RGB image folder whose 5 classes are not Fashion-MNIST's
+    (index_helpers.rgb_folder): 40 items in 2 shards, each stored with its file as source,
+    served without auth at route prefix /rgb12 beside ``serving_api``."""
+    from index_helpers import rgb_12bit_model, rgb_folder
+
+    import serving_support as S
+    from qadwh_ray.model import encode, load_checkpoint
+    from qadwh_ray.serving.testing import checkpoint_record, write_index_version
+
+    d = tmp_path_factory.mktemp("serving-rgb12")
+    folder = str(d / "clothes")
+    names, files = rgb_folder(folder)
+    paths = list(files)
+    pixels = np.stack([files[p][1] for p in paths])
+    labels = np.eye(len(names), dtype=np.uint8)[[files[p][0] for p in paths]]
+    ck = rgb_12bit_model(d / "m12.pt", pixels, len(names))
+    codes = encode(load_checkpoint(ck), pixels).codes
+    ids = np.arange(len(paths), dtype=np.int64)
+    root = str(d / "index")
+    version = write_index_version(
+        root, ids, codes, labels, num_shards=2, checkpoint=checkpoint_record(ck),
+        sources=[{"kind": "folder", "uri": folder, "rows": len(paths), "mode": "RGB"}],
+        item_sources=paths, class_names=names,
+    )
+    name = "qadwh-rgb12"
+    base = S.deploy(S.app_args(root), name, "/rgb12")
+    yield {"base": base, "root": root, "version": version, "checkpoint": ck, "ids": ids, "codes": codes,
+           "labels": labels, "pixels": pixels, "names": names}
+    S.teardown(name)

@@ -79,6 +79,7 @@ def encode_rows(checkpoint: str, rows: np.ndarray):
 
 
 def build_index(root: str, checkpoint: str, rows: np.ndarray, num_shards: int = 2, version: str | None = None, publish: bool = True) -> IndexFixture:
+    from qadwh_ray.data.fashion import CLASS_NAMES
     from qadwh_ray.serving.testing import checkpoint_record, write_index_version
 
     res, lab, imgs = encode_rows(checkpoint, rows)
@@ -90,6 +91,7 @@ def build_index(root: str, checkpoint: str, rows: np.ndarray, num_shards: int = 
         num_shards=num_shards,
         checkpoint=checkpoint_record(checkpoint),
         sources=[{"kind": "fashion", "uri": "fashion:all", "rows": int(rows.size)}],
+        class_names=CLASS_NAMES,
         version=version,
         publish=publish,
     )

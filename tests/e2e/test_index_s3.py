@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from index_helpers import local_codes, spread_model
 
-from qadwh_ray.data.sources import write_parquet_images
+from qadwh_ray.data.writers import write_parquet_images
 from qadwh_ray.index import IndexIntegrityError, IndexStore, open_index, write_index
 from qadwh_ray.indexing import BuildOptions, build_index
 from qadwh_ray.model import save_checkpoint

@@ -318,3 +318,62 @@ def test_prometheus_metrics(service, ray_cluster):
     missing = [w for w in want if w not in text]
     assert not missing, missing
     assert 'endpoint="/v1/search"' in text
+
+
+def test_12_bit_rgb_index_with_its_own_class_names(serving_rgb12):
+    """A 12-bit RGB index: /v1/index reports 12 bits and the folder's class names, a code
+    query is its 2 packed bytes (padding bits 0) and equals the in-process search in every
+    mode, an uploaded RGB image is answered with those names, items come back as RGB PNGs."""
+    from PIL import Image
+
+    from qadwh_ray.core.bits import unpack_bits
+    from qadwh_ray.model import encode, load_checkpoint
+
+    fx = serving_rgb12
+    base, names = fx["base"], fx["names"]
+    info = requests.get(base + "/v1/index", timeout=30).json()
+    assert info["bits"] == 12 and info["class_names"] == names and info["has_images"] is True
+    index = S.in_process_index(fx["root"], fx["version"])
+    enc = encode(load_checkpoint(fx["checkpoint"]), fx["pixels"][:4])
+    bits = unpack_bits(fx["codes"], 12).astype(np.int64)
+    for j in range(4):
+        code = fx["codes"][j]
+        assert len(code.tobytes().hex()) == 4 and code[1] & 0xF0 == 0
+        for mode, body_w, w in (("qadwh", enc.qadwh_weights[j].tolist(), enc.qadwh_weights[j][None, :]),
+                                ("dwh", None, enc.dwh_weights), ("hamming", None, None)):
+            body = {"code": code.tobytes().hex(), "k": 15, "mode": mode, **({"weights": body_w} if body_w else {})}
+            r = requests.post(base + "/v1/search", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            got = r.json()
+            d, ids = index.search(code[None, :], 15, w, mode=mode)
+            assert got["ids"] == ids[0].tolist() and got["distances"] == d[0].tolist(), mode
+            assert all(res["label_names"] == [names[int(fx["labels"][res["id"]].argmax())]] for res in got["results"])
+            if mode == "hamming":  # the distances of the unpadded 12 bits
+                assert got["distances"] == sorted(int(x) for x in (bits[j] != bits[got["ids"]]).sum(-1))
+    # a padding bit set, or weights for the padded width, are refused with the reason
+    r = requests.post(base + "/v1/search", json={"code": "ff1f", "mode": "hamming"}, timeout=30)
+    _check_json_error(r, 422)
+    assert "bits 12..15 pad a 12-bit code" in r.json()["detail"]
+    r = requests.post(base + "/v1/search", json={"code": "ff0f", "weights": [1.0] * 16}, timeout=30)
+    _check_json_error(r, 422)
+    assert "12-bit codes" in r.json()["detail"]
+    r = requests.post(base + "/v1/search", json={"code": "ff0", "mode": "hamming"}, timeout=30)
+    _check_json_error(r, 422)
+
+    # an uploaded RGB image: its own code, a predicted label from the dataset's names
+    j = 7
+    r = requests.post(base + "/v1/search", files={"image": ("q.png", S.png(fx["pixels"][j]), "image/png")}, data={"k": "5"}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["query"]["code"] == fx["codes"][j].tobytes().hex() and got["results"][0]["distance"] == 0.0
+    assert got["query"]["predicted_label"] in names
+    assert all(res["label_names"][0] in names for res in got["results"])
+
+    item = requests.get(base + f"/v1/items/{j}", timeout=30).json()
+    assert item["bits"] == 12 and item["code"] == fx["codes"][j].tobytes().hex()
+    assert item["label_names"] == [names[int(fx["labels"][j].argmax())]] and item["has_image"]
+    png = requests.get(base + item["image_url"], timeout=30)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    px = np.asarray(Image.open(io.BytesIO(png.content)))
+    assert px.shape == fx["pixels"][j].shape == (32, 32, 3)
+    np.testing.assert_array_equal(px, fx["pixels"][j])  # the file's pixels, in colour

@@ -173,3 +173,26 @@ def test_search_page_random_item(service, browser):
     assert qid in set(fx.ids.tolist())
     assert res[0][1] == 0.0  # an indexed item is at distance 0 from itself: the best distance is 0
     _wait(drv, lambda d: d.execute_script("var q = document.getElementById('query-image'); return q && q.complete && q.naturalWidth > 0;"), what="the query thumbnail")
+
+
+def test_search_page_shows_the_datasets_class_names_and_colour_thumbnails(serving_rgb12, browser):
+    """A 12-bit RGB index whose classes are not Fashion-MNIST's: the page names them and shows colour thumbnails."""
+    fx = serving_rgb12
+    drv = browser
+    drv.get(fx["base"] + "/")
+    _wait(drv, lambda d: d.find_element("id", "version").text == fx["version"], what="the page")
+    assert drv.find_element("id", "bits").text == "12" and drv.find_element("id", "classes").text == str(len(fx["names"]))
+    assert drv.find_element("id", "classes").get_attribute("title") == ", ".join(fx["names"])
+    drv.find_element("id", "random").click()
+    res = _wait(drv, lambda d: _mode_results(d, "qadwh") if "database item" in d.find_element("id", "query").text else None, what="results for a random item")
+    assert all(text.rsplit("\n", 1)[-1] in fx["names"] for _, _, text in res)  # the last line of a card: its label
+    _wait(drv, _thumbnails_loaded, what="result thumbnails")
+    colour = drv.execute_script(
+        "var im = document.querySelector('#results .result img');"
+        "var c = document.createElement('canvas'); c.width = im.naturalWidth; c.height = im.naturalHeight;"
+        "var g = c.getContext('2d'); g.drawImage(im, 0, 0);"
+        "var p = g.getImageData(0, 0, c.width, c.height).data, n = 0;"
+        "for (var i = 0; i < p.length; i += 4) { if (p[i] !== p[i + 1] || p[i + 1] !== p[i + 2]) n++; }"
+        "return [c.width, n];"
+    )
+    assert colour[0] == 32 and colour[1] > 0  # an RGB thumbnail: some pixels are not grey

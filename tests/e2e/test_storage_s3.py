@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from qadwh_ray import storage
-from qadwh_ray.data.sources import iter_parquet_image_batches, load_image_folder, load_parquet_images, write_parquet_images
+from qadwh_ray.data.catalog import open_catalog
+from qadwh_ray.data.readers import ImageReadError, read_images
+from qadwh_ray.data.writers import write_parquet_images
 from qadwh_ray.data.split import Split, multilabel_split
-from qadwh_ray.data.transforms import ImageDecodeError
 
 pytestmark = pytest.mark.e2e
 
@@ -103,15 +104,13 @@ def test_parquet_images_on_s3(bucket):
     uri = f"s3://{bucket}/tables/v1"
     files = write_parquet_images(uri, images, lm, ids=np.arange(40) * 3, rows_per_file=15, class_names=list("abcdef"))
     assert files == [f"{uri}/part-{i:05d}.parquet" for i in range(3)]
-    s = load_parquet_images(uri)
-    assert np.array_equal(s.images, images) and np.array_equal(s.label_matrix, lm)
-    assert np.array_equal(s.ids, np.arange(40) * 3) and s.class_names == list("abcdef")
-    one = load_parquet_images(files[1])
-    assert np.array_equal(one.images, images[15:30])
-    batches = list(iter_parquet_image_batches(uri, batch_size=16))
-    assert [len(b) for b in batches] == [16, 16, 8]
-    with pytest.raises(ValueError, match=rf"image column 'pixels' not found in {files[0]}"):
-        load_parquet_images(uri, image_column="pixels")
+    cat = open_catalog(uri)
+    assert cat.info.multi_label and cat.info.class_names == tuple("abcdef") and cat.info.format == "parquet"
+    assert np.array_equal(cat.labels, lm) and np.array_equal(cat.ids, np.arange(40) * 3)
+    pixels, bad = read_images(cat, np.arange(40))
+    assert np.array_equal(pixels, images) and not any(bad)
+    one = open_catalog(files[1])
+    assert np.array_equal(read_images(one, np.arange(15))[0], images[15:30])
 
 
 def test_image_folder_on_s3(bucket):
@@ -125,11 +124,14 @@ def test_image_folder_on_s3(bucket):
             key = storage.join(root, c, f"{i}.png")
             storage.write_bytes(key, buf.getvalue())
             expected[key] = (img, c)
-    s = load_image_folder(root)
-    assert s.class_names == ["bag", "trouser"] and len(s) == 6
-    for img, lab, ref in zip(s.images, s.label_matrix, s.source_refs):
+    cat = open_catalog(root)
+    assert cat.info.class_names == ("bag", "trouser") and len(cat) == 6
+    pixels, _ = read_images(cat, np.arange(6))
+    for i, (img, lab) in enumerate(zip(pixels, cat.labels)):
+        ref = cat.files[i]
         assert ref.startswith("s3://") and np.array_equal(img, expected[ref][0])
-        assert s.class_names[lab.argmax()] == expected[ref][1]
+        assert cat.info.class_names[lab.argmax()] == expected[ref][1]
     storage.write_bytes(storage.join(root, "bag", "9.png"), b"not a png")
-    with pytest.raises(ImageDecodeError, match=rf"s3://{bucket}/folder/bag/9.png"):
-        load_image_folder(root)
+    cat = open_catalog(root)
+    with pytest.raises(ImageReadError, match=rf"s3://{bucket}/folder/bag/9.png"):
+        read_images(cat, np.arange(len(cat)))

@@ -77,6 +77,7 @@ def test_reindex_publishes_good_and_refuses_worse_then_appends(ray_cluster, tmp_
     assert r3.published and m3.parent == r1.version and m3.num_items == 750
     assert m3.checkpoint["sha256"] == r1.manifest.checkpoint["sha256"]
     assert m3.build["rows_read"] == 150  # only the new items went through the encoder
+    assert m3.class_names == r1.manifest.class_names and m3.class_names[0] == "T-shirt/top"  # the version's classes
     after = open_index(root).read_all()
     old = np.isin(after.ids, before.ids)
     assert np.array_equal(after.ids[old], before.ids) and after.codes[old].tobytes() == before.codes.tobytes()

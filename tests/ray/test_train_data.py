@@ -1,5 +1,7 @@
 """Ray Data input of Ray Train: every worker streams its slice of the same class-balanced global batch."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,20 @@ def _data(n=120, classes=10, seed=0):
 
 
 def _shards(ray, images, labels, plan, world):
-    dc = ClassBalancedDataConfig(ray.put(images), ray.put(labels), plan)
+    """The rank streams over a real dataset: the images written as a Parquet table and read back by the tasks."""
+    import tempfile
+
+    from qadwh_ray.data.catalog import open_catalog
+    from qadwh_ray.data.writers import write_parquet_images
+    from qadwh_ray.train.data import training_source
+
+    root = tempfile.mkdtemp(prefix="qadwh-train-data-")
+    write_parquet_images(f"{root}/train.parquet", images, labels, row_group_size=16)
+    cat = open_catalog(f"{root}/train.parquet")
+    model_config = SimpleNamespace(mean=0.0, std=1.0)  # pixels / 255, unchanged otherwise
+    source = training_source(cat, np.arange(len(cat)), images.shape[1], model_config, SimpleNamespace(
+        augment=False, erase_probability=0.0, seed=0))
+    dc = ClassBalancedDataConfig(ray.put(source), ray.put(labels), plan)
     per_rank = dc.configure({"train": epochs_dataset(plan)}, world, None, None)
     return [its["train"] for its in per_rank]
 
@@ -47,7 +62,7 @@ def test_each_worker_gets_its_slice_of_the_local_trainers_batches(ray_cluster):
         index = np.concatenate([p.index for p in parts])
         np.testing.assert_array_equal(index, expected[step])  # rank order = the global batch's order
         for p in parts:
-            np.testing.assert_array_equal(p.images.numpy(), images[p.index])
+            np.testing.assert_allclose(p.images.numpy()[:, 0], images[p.index] / 255.0, atol=1e-6)
             np.testing.assert_array_equal(p.labels.numpy(), labels[p.index].astype(np.float32))
         classes = labels[index].argmax(1)
         assert sorted(np.bincount(classes)[np.bincount(classes) > 0].tolist()) == [3, 3, 3, 3]  # P x K
@@ -72,3 +87,18 @@ def test_global_batch_must_split_over_workers():
     plan = BatchPlan.for_config(TrainConfig(classes_per_batch=3, images_per_class=3), labels)
     with pytest.raises(ValueError, match="split evenly over num_workers=2"):
         plan.local_batch(2)
+
+
+def test_augmentation_runs_in_the_data_tasks_seeded_per_step_and_rank():
+    from qadwh_ray.train.data import prepare_images
+
+    images = np.random.default_rng(1).integers(0, 256, size=(8, 10, 10), dtype=np.uint8)
+    src = {"mean": 0.5, "std": 0.25, "augment": True, "erase": 0.0, "seed": 4}
+    steps = np.array([3, 3, 3, 3, 4, 4, 4, 4])
+    whole = prepare_images(images, steps, 0, src)
+    assert whole.shape == (8, 1, 10, 10) and whole.dtype == np.float32
+    # the same step's rows get the same augmentation whichever block they arrive in
+    np.testing.assert_array_equal(prepare_images(images[4:], steps[4:], 0, src), whole[4:])
+    assert not np.array_equal(prepare_images(images, steps, 1, src), whole)  # another rank, another stream
+    plain = prepare_images(images, steps, 0, {**src, "augment": False})
+    np.testing.assert_allclose(plain[:, 0], (images / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-5)

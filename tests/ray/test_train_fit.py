@@ -23,6 +23,9 @@ from qadwh_ray.learning.loop import make_optimizer, train_step
 from qadwh_ray.model.checkpoint import load_checkpoint, load_payload
 from qadwh_ray.model.network import HashOutput, build_model
 from qadwh_ray.train import train_on_ray
+from qadwh_ray.data.catalog import DatasetInfo
+
+FASHION_INFO = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
 
 pytestmark = pytest.mark.ray
 
@@ -37,7 +40,7 @@ ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def small_data():
     data = load_retrieval_data("fashion", split_seed=0, val_fraction=0.1)
     data = limit_training(data, 160, seed=0)
-    return dataclasses.replace(data, val_images=data.val_images[:60], val_labels=data.val_labels[:60])
+    return dataclasses.replace(data, val_pos=data.val_pos[:60])
 
 
 def _identity(self, x):
@@ -82,7 +85,7 @@ def test_two_workers_take_the_same_step_as_one_process_on_the_global_batch(ray_c
     # the same step in this process: the local trainer's first global batch, train_step, no Ray
     monkeypatch.setattr(torch.nn.Dropout, "forward", _identity)
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg.model_config())
+    net = build_model(cfg.model_config(FASHION_INFO, 28))
     optimizer = make_optimizer(net, cfg)
     sampler = ClassBalancedBatchSampler(small_data.train_labels, 4, 4, seed=cfg.seed)
     sampler.set_epoch(0)
@@ -95,7 +98,7 @@ def test_two_workers_take_the_same_step_as_one_process_on_the_global_batch(ray_c
     for (name, p), (_, q) in zip(net.named_parameters(), distributed.named_parameters()):
         torch.testing.assert_close(q, p.detach(), rtol=1e-5, atol=1e-6, msg=name)
     torch.manual_seed(cfg.seed)
-    start = build_model(cfg.model_config())
+    start = build_model(cfg.model_config(FASHION_INFO, 28))
     moved = [n for (n, a), b in zip(start.named_parameters(), net.parameters()) if (a - b).abs().max() > 1e-4]
     assert "W" in moved and "hash_head.weight" in moved  # the step really moved the weights being compared
 

@@ -18,7 +18,7 @@ NETWORKS = {"ninh-paper": "HashingNetwork", "isdh": "HashingNetwork", "doh": "Or
 @pytest.fixture(scope="module")
 def small_data():
     data = limit_training(load_retrieval_data("fashion", split_seed=0, val_fraction=0.1), 96, seed=0)
-    return dataclasses.replace(data, val_images=data.val_images[:24], val_labels=data.val_labels[:24])
+    return dataclasses.replace(data, val_pos=data.val_pos[:24])
 
 
 def test_each_method_trains_two_steps_on_two_workers(ray_cluster, small_data, tmp_path):

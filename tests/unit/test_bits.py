@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from qadwh_ray.core.bits import binarize, check_codes, check_nbits, pack_bits, unpack_bits
+from qadwh_ray.core.bits import binarize, check_code_length, check_codes, code_bytes, pack_bits, padding_mask, unpack_bits
 
 
 def test_bit_order_is_little_endian_within_byte():
@@ -39,18 +39,18 @@ def test_binarize_threshold_half():
         binarize(np.ones((1, 8), dtype=np.int64))
 
 
-@pytest.mark.parametrize("nbits", [0, -8, 7, 12])
-def test_check_nbits_rejects(nbits):
+@pytest.mark.parametrize("nbits", [0, -8, 4097])
+def test_check_code_length_rejects(nbits):
     with pytest.raises(ValueError, match=str(nbits)):
-        check_nbits(nbits)
+        check_code_length(nbits)
 
 
-def test_check_nbits_types():
-    assert check_nbits(np.int64(48)) == 48
+def test_check_code_length_types():
+    assert check_code_length(np.int64(48)) == 48
     with pytest.raises(TypeError):
-        check_nbits(True)
+        check_code_length(True)
     with pytest.raises(TypeError):
-        check_nbits(8.0)
+        check_code_length(8.0)
 
 
 def test_pack_bits_rejects_bad_input():
@@ -71,6 +71,8 @@ def test_check_codes_rejects():
         check_codes(np.zeros(4, dtype=np.uint8))
     with pytest.raises(ValueError, match="expected 6 bytes"):
         check_codes(np.zeros((2, 4), dtype=np.uint8), nbits=48)
+    with pytest.raises(ValueError, match="expected 2 bytes for 12-bit codes"):
+        check_codes(np.zeros((2, 1), dtype=np.uint8), nbits=12)
     out = check_codes(np.zeros((4, 4), dtype=np.uint8)[:, ::2])
     assert out.flags.c_contiguous
 
@@ -98,14 +100,21 @@ def test_codes_of_any_length_pad_with_zero_bits_and_keep_every_distance(nbits, n
                                rtol=1e-12, atol=1e-12)
 
 
-def test_code_lengths_for_models_and_for_storage():
-    from qadwh_ray.core.bits import check_code_length, pad_weights
+def test_padding_bits_are_the_high_bits_of_the_last_byte_and_must_be_zero():
+    from qadwh_ray.core.bits import pad_weights
 
-    assert check_code_length(12) == 12  # a model may have the paper's 12 bits
-    for bad in (0, -1, 4097):
-        with pytest.raises(ValueError, match="between 1 and 4096 bits"):
-            check_code_length(bad)
-    with pytest.raises(ValueError, match="multiple of 8"):
-        check_nbits(12)  # what is stored and served is whole bytes
+    assert check_code_length(12) == 12 and code_bytes(12) == 2 and code_bytes(16) == 2 and code_bytes(1) == 1
+    assert padding_mask(12) == 0xF0 and padding_mask(20) == 0xF0 and padding_mask(1) == 0xFE and padding_mask(16) == 0
+    codes = pack_bits(np.ones((3, 12), dtype=np.uint8))
+    assert codes.tolist() == [[0xFF, 0x0F]] * 3  # bits 12..15 (the high nibble of byte 1) are padding
+    assert check_codes(codes, 12) is not None
+    bad = codes.copy()
+    bad[1, 1] = 0x1F  # bit 12 set
+    with pytest.raises(ValueError, match=r"codes row 1: bits 12\.\.15 pad a 12-bit code to 2 bytes and must be 0, but its last byte is 0x1f"):
+        check_codes(bad, 12)
+    with pytest.raises(ValueError, match=r"^query: bits 1\.\.7 pad"):
+        check_codes(np.array([[3]], dtype=np.uint8), 1, name="query")
+    check_codes(bad, 16)  # all 16 bits are real bits of a 16-bit code
+    np.testing.assert_array_equal(pad_weights(np.arange(12.0), 2), np.r_[np.arange(12.0), np.zeros(4)])
     with pytest.raises(ValueError, match="do not fit"):
         pad_weights(np.ones(17), 2)

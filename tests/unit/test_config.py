@@ -1,6 +1,9 @@
 import pytest
 
 from qadwh_ray.learning.config import TrainConfig, load_config, parse_overrides
+from qadwh_ray.data.catalog import DatasetInfo
+
+FASHION_INFO = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -9,7 +12,7 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(str(path), ["epochs=3", "lr=1", "pretrained=null"])
     assert (cfg.nbits, cfg.lr, cfg.epochs, cfg.method, cfg.pretrained) == (32, 1.0, 3, "qadwh-ref", None)
     assert isinstance(cfg.lr, float)
-    assert load_config(str(path), ["flip_average=true"]).model_config().flip_average  # reaches the checkpoint
+    assert load_config(str(path), ["flip_average=true"]).model_config(FASHION_INFO, 28).flip_average  # reaches the checkpoint
 
 
 @pytest.mark.parametrize(
@@ -102,9 +105,9 @@ def test_old_triplet_form_configs_load_as_their_method(tmp_path):
 
 
 def test_the_method_decides_the_network():
-    assert TrainConfig(method="doh", nbits=12, symbol_bits=2).model_config().architecture == "ordinal"
-    assert TrainConfig(method="doh", nbits=12, symbol_bits=2).model_config().symbol_bits == 2
-    assert TrainConfig(method="adsq").model_config().architecture == "asymmetric"
+    doh = TrainConfig(method="doh", nbits=12, symbol_bits=2).model_config(FASHION_INFO, 28)
+    assert (doh.architecture, doh.symbol_bits) == ("ordinal", 2)
+    assert TrainConfig(method="adsq").model_config(FASHION_INFO, 28).architecture == "asymmetric"
     for m in ("qadwh", "qadwh-ref", "ninh", "ninh-paper", "isdh"):
-        mc = TrainConfig(method=m).model_config()
+        mc = TrainConfig(method=m).model_config(FASHION_INFO, 28)
         assert (mc.architecture, mc.symbol_bits) == ("two-stream", 1)

@@ -11,7 +11,7 @@ from qadwh_ray import storage
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index.format import ShardInfo, check_shard_bytes, shard_data_from_table, shard_of_ids
 from qadwh_ray.indexing.pipeline import IndexBuildError, _write_parts, compact_shard
-from qadwh_ray.indexing.sources import _PlanLite, _parquet_work, fashion_augmented_images, plan_source
+from qadwh_ray.indexing.sources import _catalog_batch, fashion_augmented_images, plan_source
 
 
 def _png(size=28, value=7):
@@ -30,41 +30,42 @@ def _bad_table():
 
 def test_parquet_plan_and_decode_name_bad_rows(tmp_path):
     f = str(tmp_path / "db.parquet")
-    pq.write_table(_bad_table(), f, row_group_size=4)
-    plan = plan_source(f, num_classes=10)
-    assert plan.kind == "parquet" and plan.n_rows == 10 and plan.image_size == (28, 28)
-    assert [w["row0"] for w in plan.work] == [0, 4, 8] and [w["file_row0"] for w in plan.work] == [0, 4, 8]
-    lite = _PlanLite.of(plan)
-    batches = [b for w in plan.work for b in _parquet_work(pa.Table.from_pylist([w]), lite, block_rows=3)]
-    rows = np.concatenate([b["_row"] for b in batches])
-    bad = np.concatenate([b["bad"] for b in batches])
-    assert rows.tolist() == list(range(10))
-    reasons = {int(r): str(m) for r, m in zip(rows, bad) if m}
-    assert sorted(reasons) == [3, 5, 7, 9]
-    assert reasons[3].startswith(f"id 103 ({f}#row=3): cannot decode image")
-    assert "is 20x20 (HxW), expected 28x28" in reasons[5] and "id 105" in reasons[5]
-    assert reasons[7] == f"id 107 ({f}#row=7): label 12 outside [0, 10)"
-    assert reasons[9] == f"id 109 ({f}#row=9): label is null"
-    imgs = np.concatenate([b["image"] for b in batches])
-    assert imgs.shape == (10, 28, 28) and imgs[2].max() == 2
-    labels = np.concatenate([b["labels"] for b in batches])
-    assert labels[4].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0] and labels[3].sum() == 0
+    good_labels = pa.array([i % 10 for i in range(10)], pa.int64())
+    pq.write_table(_bad_table().set_column(2, "label", good_labels), f, row_group_size=4)
+    plan = plan_source(f, num_classes=10, part="all")
+    assert plan.kind == "dataset" and plan.n_rows == 10 and plan.image_size == (28, 28)
+    cat = plan.params["catalog"]
+    b = _catalog_batch({"_row": np.arange(10), "position": plan.params["positions"]}, cat, (28, 28), "L")
+    reasons = {int(r): str(m) for r, m in zip(b["_row"], b["bad"]) if m}
+    assert sorted(reasons) == [3]  # a smaller image is resized, like any photo collection's
+    assert reasons[3].startswith(f"id 103: cannot decode image {f}#row=3")
+    assert b["image"].shape == (10, 28, 28) and b["image"][2].max() == 2 and b["image"][5].max() == 7
+    assert b["labels"][4].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert b["source"][4] == f"{f}#row=4" and b["id"].tolist() == list(range(100, 110))
 
 
-def test_parquet_plan_rejects_missing_columns_and_bad_types(tmp_path):
-    f = str(tmp_path / "part-0.parquet")
-    pq.write_table(pa.table({"id": [1], "img": [b"x"], "label": [0]}), f)
-    with pytest.raises(ValueError, match=r"image column 'image' not found in .*part-0\.parquet \(columns: id, img, label\)"):
-        plan_source(str(tmp_path), num_classes=10)
-    pq.write_table(pa.table({"id": ["a"], "image": [b"x"], "label": [0]}), f)
-    with pytest.raises(TypeError, match="id column 'id' in .* must hold integers"):
-        plan_source(str(tmp_path), num_classes=10, image_size=28)
-    pq.write_table(pa.table({"id": [1], "image": [b"x"], "label": [0.5]}), f)
-    with pytest.raises(TypeError, match="label column 'label'"):
-        plan_source(str(tmp_path), num_classes=10, image_size=28)
+def test_parquet_plan_rejects_bad_labels_and_columns(tmp_path):
+    f = str(tmp_path / "db.parquet")
+    table = _bad_table()
+    pq.write_table(table.set_column(2, "label", pa.array([i % 10 for i in range(9)] + [12], pa.int64())), f)
+    with pytest.raises(ValueError, match="class 12 of id 109 .* outside the 10 classes"):
+        _plan_with_names(f, 10)
+    pq.write_table(table, f)
+    with pytest.raises(ValueError, match=r"label is null in row 9 of .*db\.parquet"):
+        plan_source(f, num_classes=10, part="all")
+    g = str(tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"id": [1], "img": [b"x"], "label": [0]}), g)
+    with pytest.raises(ValueError, match=r"part-0\.parquet has no 'image' column .*\(columns: id, img, label\)"):
+        plan_source(g, num_classes=10, part="all")
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 nope")
     with pytest.raises(ValueError, match="broken.parquet is not a readable Parquet file"):
-        plan_source(str(tmp_path / "broken.parquet"), num_classes=10)
+        plan_source(str(tmp_path / "broken.parquet"), num_classes=10, part="all")
+
+
+def _plan_with_names(f, n):
+    storage.write_bytes(storage.join(str(storage.local_path(f)).rsplit("/", 1)[0], "classes.txt"),
+                        "\n".join(f"c{i}" for i in range(n)).encode())
+    return plan_source(f, num_classes=n, part="all")
 
 
 def test_fashion_sources_plan():
@@ -72,7 +73,7 @@ def test_fashion_sources_plan():
     assert p.n_rows == 64_000 and p.params == {"part": "database", "split_seed": 0}
     assert plan_source("fashion:query", num_classes=10).n_rows == 1000
     assert plan_source("fashion-augmented:1e6", num_classes=10).n_rows == 1_000_000
-    with pytest.raises(ValueError, match="unknown Fashion-MNIST part"):
+    with pytest.raises(ValueError, match="unknown dataset part"):
         plan_source("fashion:nope", num_classes=10)
 
 
@@ -146,21 +147,17 @@ def test_compaction_reports_duplicate_ids_keeping_the_first(tmp_path):
 
 
 def test_image_folder_plan_and_decode(tmp_path):
-    from qadwh_ray.indexing.sources import _folder_work
-
     for cls, values in (("boots", [1, 2]), ("coats", [3])):
         (tmp_path / "db" / cls).mkdir(parents=True)
         for v in values:
             (tmp_path / "db" / cls / f"img{v}.png").write_bytes(_png(value=v))
     (tmp_path / "db" / "coats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    plan = plan_source(str(tmp_path / "db"), num_classes=10)
-    assert plan.kind == "folder" and plan.n_rows == 4 and plan.params["class_names"] == "boots,coats"
-    out = [b for w in plan.work for b in _folder_work(pa.Table.from_pylist([w]), _PlanLite.of(plan), 100)]
-    b = out[0]
-    assert b["_row"].tolist() == [0, 1, 2, 3] and b["id"].tolist() == [0, 1, 2, 3]
-    assert b["labels"].argmax(1).tolist()[:2] == [0, 0] and b["labels"][3, 1] == 1
+    plan = plan_source(str(tmp_path / "db"), num_classes=2, part="all")
+    assert plan.kind == "dataset" and plan.n_rows == 4 and plan.class_names == ["boots", "coats"]
+    b = _catalog_batch({"_row": np.arange(4), "position": plan.params["positions"]}, plan.params["catalog"], (28, 28), "L")
+    assert b["labels"].argmax(1).tolist() == [0, 0, 1, 1]
     broken = [i for i, m in enumerate(b["bad"]) if m]
     assert broken == [2] and b["source"][2].endswith("coats/broken.png") and "cannot decode image" in b["bad"][2]
     assert b["image"][3].max() == 3
-    with pytest.raises(ValueError, match="2 class folders but the model has 1 classes"):
-        plan_source(str(tmp_path / "db"), num_classes=1)
+    with pytest.raises(ValueError, match="has 2 classes but the model was trained on 10"):
+        plan_source(str(tmp_path / "db"), num_classes=10, part="all")

@@ -39,7 +39,7 @@ def test_missing_out_and_missing_columns_exit_2_naming_the_file(tmp_path, capsys
     pq.write_table(pa.table({"id": [1], "picture": [b"x"], "label": [0]}), src / "part-0.parquet")
     rc = main(["index", "--checkpoint", _ckpt(tmp_path), "--source", str(src), "--out", str(tmp_path / "idx")])
     err = capsys.readouterr().err
-    assert rc == 2 and "image column 'image' not found in" in err and "part-0.parquet" in err
+    assert rc == 2 and "has no 'image' column" in err and "part-0.parquet" in err
     assert not (tmp_path / "idx").exists()
 
 
@@ -59,13 +59,11 @@ def test_versions_verify_publish_gc(tmp_path, capsys):
     assert main(["index-verify", "--root", root, "--version", "nope"]) == 1
 
 
-def test_a_model_whose_codes_are_not_whole_bytes_is_refused_before_anything_is_written(tmp_path, capsys):
-    from qadwh_ray.model import ModelConfig, build_model, save_checkpoint
-
-    ck = str(tmp_path / "m12.pt")
-    save_checkpoint(ck, build_model(ModelConfig(nbits=12)))  # the paper's 12 bits: trainable, not storable
-    rc = main(["index", "--checkpoint", ck, "--source", "fashion", "--out", str(tmp_path / "idx")])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert "12-bit codes" in err and "multiple of 8" in err and "Traceback" not in err
-    assert not (tmp_path / "idx").exists()
+def test_a_12_bit_version_is_listed_with_its_real_length_and_verifies(tmp_path, capsys):
+    root = str(tmp_path / "idx")
+    codes = np.tile(np.array([[0xFF, 0x0F]], np.uint8), (10, 1))  # 12 bits set, 4 padding bits 0
+    m = write_index(root, np.arange(10), codes, np.eye(10, 3, dtype=np.uint8), code_bits=12, class_names=["a", "b", "c"])
+    assert m.code_bits == 12 and m.code_bytes == 2 and m.class_names == ["a", "b", "c"]
+    assert main(["index-versions", "--root", root]) == 0
+    assert "bits=12" in capsys.readouterr().out
+    assert main(["index-verify", "--root", root, "--version", m.version]) == 0

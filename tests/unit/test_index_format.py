@@ -51,8 +51,11 @@ def test_schema_is_the_documented_one():
     assert s.field("labels").type == pa.list_(pa.int32())
     assert s.field("source").type == pa.string() and s.field("source").nullable
     assert s.metadata[b"qadwh.index.bit_order"] == b"little" == BIT_ORDER.encode()
-    with pytest.raises(ValueError):
-        shard_schema(12)
+    # a 12-bit code is stored in 2 bytes (zero padding); the metadata keeps the real length
+    s12 = shard_schema(12)
+    assert s12.field("code").type == pa.binary(2) and s12.metadata[b"qadwh.index.code_bits"] == b"12"
+    with pytest.raises(ValueError, match="between 1 and 4096"):
+        shard_schema(0)
 
 
 def test_shard_roundtrip_sorted_by_id_and_codes_exact():
@@ -157,6 +160,43 @@ def test_manifest_validation_errors_are_clear():
         Manifest.from_dict(bad_shard)
     with pytest.raises(IndexIntegrityError, match="not valid JSON"):
         Manifest.from_json(b'{"format": "qadwh-ind')
+    with pytest.raises(IndexFormatError, match="3 class names for 10 classes"):
+        _manifest(class_names=["a", "b", "c"])
+    with pytest.raises(IndexFormatError, match="class_names must be a list of non-empty strings"):
+        Manifest.from_dict({**good, "class_names": [1, 2]})
+
+
+def test_manifest_keeps_the_real_code_length_and_the_class_names():
+    from qadwh_ray.index.format import class_names_for
+
+    names = class_names_for(10, ["boot", "coat"])
+    assert names == ["boot", "coat"] + [str(c) for c in range(2, 10)]  # unnamed classes by number
+    m = _manifest(code_bits=12, class_names=names)
+    d = json.loads(m.to_json())
+    assert d["code_bits"] == 12 and d["code_bytes"] == 2 and d["class_names"] == names
+    assert Manifest.from_json(m.to_json()) == m
+    old = {k: v for k, v in d.items() if k != "class_names"}  # a version written before class names
+    assert Manifest.from_dict(old).class_names is None
+    with pytest.raises(IndexFormatError, match="code_bytes 1 does not match code_bits 12"):
+        Manifest.from_dict({**d, "code_bytes": 1})
+    for bad, msg in ((["a", "a"], "unique"), (list("abc"), "3 class names for 2 classes")):
+        with pytest.raises(ValueError, match=msg):
+            class_names_for(2, bad)
+
+
+def test_padded_codes_roundtrip_and_set_padding_bits_are_refused():
+    rng = np.random.default_rng(0)
+    ids = np.arange(20, dtype=np.int64)
+    codes = rng.integers(0, 256, (20, 2), dtype=np.uint8)
+    codes[:, 1] &= 0x0F  # 12-bit codes: bits 12..15 are padding
+    data = shard_table_bytes(make_shard_table(ids, codes, None, None, 12))
+    back = shard_data_from_table(check_shard_bytes(data, _info(data, 20), 12, "mem://x"), 12, None)
+    assert back.codes.tobytes() == codes.tobytes()
+    with pytest.raises(IndexIntegrityError, match="fixed_size_binary"):
+        check_shard_bytes(data, _info(data, 20), 24, "mem://x")  # 3 bytes expected
+    codes[5, 1] = 0x10
+    with pytest.raises(ValueError, match=r"row 5: bits 12\.\.15 pad a 12-bit code"):
+        make_shard_table(ids, codes, None, None, 12)
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "_staging", "a/b", "..", "x" * 200, "v 1"])

@@ -19,18 +19,17 @@ from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
 from qadwh_ray.learning.local import train_local
 from qadwh_ray.model import load_checkpoint
 from qadwh_ray.model.checkpoint import load_payload
+from qadwh_ray.data.catalog import DatasetInfo
+
+FASHION_INFO = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
 
 
 @pytest.fixture(scope="module")
 def small_data() -> RetrievalData:
     full = load_retrieval_data("fashion", split_seed=0, val_fraction=0.1)
-    pick = lambda n: slice(0, n)  # noqa: E731
-    return RetrievalData(
-        name="fashion-small", split=full.split,
-        train_images=full.train_images[pick(320)], train_labels=full.train_labels[pick(320)],
-        val_images=full.val_images[pick(40)], val_labels=full.val_labels[pick(40)],
-        query_images=full.query_images[::20], query_labels=full.query_labels[::20], query_ids=full.query_ids[::20],
-        db_images=full.db_images[:600], db_labels=full.db_labels[:600], db_ids=full.db_ids[:600],
+    return dataclasses.replace(
+        full, train_pos=full.train_pos[:320], val_pos=full.val_pos[:40], query_pos=full.query_pos[::20],
+        db_pos=full.db_pos[:600],
     )
 
 
@@ -63,7 +62,7 @@ def test_weight_warmup_keeps_W_at_one_then_learns_it(small_data):
     from qadwh_ray.model.network import build_model
 
     cfg = TrainConfig(nbits=8, epochs=3, weight_warmup_epochs=2, classes_per_batch=4, images_per_class=4)
-    model = build_model(cfg.model_config())
+    model = build_model(cfg.model_config(FASHION_INFO, 28))
     optimizer = make_optimizer(model, cfg)
     idx = np.concatenate([np.flatnonzero(small_data.train_labels[:, c])[:4] for c in range(4)])
     x = to_float_tensor(small_data.train_images[idx], mean=model.config.mean, std=model.config.std)
@@ -85,7 +84,7 @@ def test_weight_lr_scale_gives_W_its_own_rate_under_the_schedule():
     from qadwh_ray.model.network import build_model
 
     cfg = TrainConfig(nbits=8, epochs=4, lr=1e-3, weight_lr_scale=10.0, lr_schedule="cosine")
-    model = build_model(cfg.model_config())
+    model = build_model(cfg.model_config(FASHION_INFO, 28))
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     net_group, w_group = optimizer.param_groups

@@ -1,6 +1,8 @@
 """The compared methods: each trains a few local steps on real images, checkpoints, and is ranked
 by the same evaluation code, each with its own distance."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from qadwh_ray.core.bits import unpack_bits
 from qadwh_ray.core.metrics import mean_average_precision
 from qadwh_ray.learning.ablation import evaluate_models
 from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
+from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data, model_config_for
 from qadwh_ray.learning.evaluate import distances_for
 from qadwh_ray.learning.local import train_local
 from qadwh_ray.learning.rankings import main_ranking
@@ -22,13 +24,8 @@ from qadwh_ray.model.ordinal import OrdinalHashingNetwork
 @pytest.fixture(scope="module")
 def small_data() -> RetrievalData:
     full = load_retrieval_data("fashion", split_seed=0, val_fraction=0.1)
-    return RetrievalData(
-        name="fashion-small", split=full.split,
-        train_images=full.train_images[:160], train_labels=full.train_labels[:160],
-        val_images=full.val_images[:30], val_labels=full.val_labels[:30],
-        query_images=full.query_images[::50], query_labels=full.query_labels[::50], query_ids=full.query_ids[::50],
-        db_images=full.db_images[:300], db_labels=full.db_labels[:300], db_ids=full.db_ids[:300],
-    )
+    return dataclasses.replace(full, train_pos=full.train_pos[:160], val_pos=full.val_pos[:30],
+                               query_pos=full.query_pos[::50], db_pos=full.db_pos[:300])
 
 
 @pytest.mark.parametrize("method, network, title", [
@@ -54,7 +51,7 @@ def test_without_a_class_stream_the_class_head_and_W_stay_untouched(small_data):
     for method in ("ninh-paper", "isdh"):
         cfg = TrainConfig(method=method, nbits=8, epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4)
         torch.manual_seed(cfg.seed)
-        before = build_model(cfg.model_config()).class_head.weight.detach().clone()
+        before = build_model(model_config_for(cfg, small_data)).class_head.weight.detach().clone()
         result = train_local(cfg, small_data, progress=False, log=lambda *_: None)
         assert torch.equal(result.model.class_head.weight.detach(), before), method
         assert torch.equal(result.model.W.detach(), torch.ones(10, 8)), method

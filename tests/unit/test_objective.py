@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from qadwh_ray.data.catalog import DatasetInfo
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.objective import batch_objective, project_weights_
 from qadwh_ray.model import ModelConfig, build_model
@@ -74,7 +75,8 @@ def _worker(rank, port, form, average, out_dir):
 
 def _pair_model(method):
     torch.manual_seed(0)
-    return build_model(TrainConfig(method=method, nbits=16).model_config()).double().eval()
+    info = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
+    return build_model(TrainConfig(method=method, nbits=16).model_config(info, 28)).double().eval()
 
 
 def _pair_forward(model, method, x, labels):

@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qadwh_ray.core import search as search_mod
+from qadwh_ray.core.bits import code_bytes, pack_bits, padding_mask
 from qadwh_ray.core.search import HashIndex, query_weights, reference_distances, snap_weights
 from qadwh_ray.core.search_gpu import TorchSearcher
 from qadwh_ray.core.topk import merge_topk
 
-NBITS = list(range(8, 137, 8))
+# whole bytes, and lengths whose codes are zero-padded to whole bytes (the paper's 12 bits among them)
+NBITS = list(range(8, 137, 8)) + [1, 5, 12, 12, 20, 36, 63, 100]
 MODES = ("qadwh", "dwh", "hamming")
 STRATEGIES = ("auto", "two_stage", "exhaustive")
 
@@ -85,11 +87,15 @@ def make_weights(rng, kind, nq, nbits):
     return w
 
 
-def tied_codes(rng, n, nbytes, pool):
+def tied_codes(rng, n, nbits, pool):
+    """Packed ``nbits``-bit codes around ``pool`` centres (many ties); padding bits 0."""
+    nbytes = code_bytes(nbits)
     base = rng.integers(0, 256, (pool, nbytes), dtype=np.uint8)
     codes = base[rng.integers(0, pool, n)]
     flips = (rng.random((n, nbytes)) < 0.1) * rng.integers(0, 256, (n, nbytes))
-    return (codes ^ flips.astype(np.uint8)).astype(np.uint8)
+    codes = (codes ^ flips.astype(np.uint8)).astype(np.uint8)
+    codes[:, -1] &= ~np.uint8(padding_mask(nbits))
+    return codes
 
 
 def weights_for(mode, w):
@@ -114,12 +120,11 @@ def weights_for(mode, w):
 )
 def test_search_equals_brute_force(nbits, n, pool, extra_k, mode, strategy, wkind, nq, seed, adds):
     rng = np.random.default_rng(seed)
-    nbytes = nbits // 8
-    codes = tied_codes(rng, n, nbytes, pool)
+    codes = tied_codes(rng, n, nbits, pool)
     ids = rng.choice(10**6, size=n, replace=False).astype(np.int64)
     if rng.random() < 0.3:
         ids = ids + (1 << 60)  # large ids
-    queries = np.concatenate([codes[rng.integers(0, n, nq - 1)], tied_codes(rng, 1, nbytes, 1)])
+    queries = np.concatenate([codes[rng.integers(0, n, nq - 1)], tied_codes(rng, 1, nbits, 1)])
     w = make_weights(rng, wkind, nq, nbits)
     k = 1 + extra_k % (n + 3)
     index = HashIndex(nbits, device="cpu")
@@ -158,7 +163,7 @@ def test_blocked_parallel_paths_equal_numpy_reference(small_blocks, nbits, n, po
                                                       wkind, nq, threads, seed):
     """Many blocks, warm-up thresholds, query groups and database parts: still exact."""
     rng = np.random.default_rng(seed)
-    codes = tied_codes(rng, n, nbits // 8, pool)
+    codes = tied_codes(rng, n, nbits, pool)
     ids = rng.choice(10**6, size=n, replace=False).astype(np.int64)
     queries = codes[rng.integers(0, n, nq)]
     w = make_weights(rng, wkind, nq, nbits)
@@ -174,6 +179,61 @@ def test_blocked_parallel_paths_equal_numpy_reference(small_blocks, nbits, n, po
         np.testing.assert_array_equal(i[r, :kk], ids[order])
         np.testing.assert_array_equal(d[r, :kk], ref[r, order])
         assert (i[r, kk:] == -1).all() and np.isinf(d[r, kk:]).all()
+
+
+@pytest.mark.parametrize("nbits", [12, 20])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_padded_lengths_equal_unpadded_float_brute_force(nbits, strategy):
+    """12- and 20-bit codes, stored padded to 2 and 3 bytes: the index's ids and distances
+    equal a float64 computation on the unpadded bits (weights on a 2**-10 grid, so
+    snapping and float sums are exact), ties broken by id; on the torch path too."""
+    rng = np.random.default_rng(nbits)
+    n, nq, k = 700, 6, 40
+    bits = rng.integers(0, 2, (n, nbits), dtype=np.uint8)
+    bits[rng.integers(0, n, 300)] = bits[rng.integers(0, n, 300)]  # duplicate codes: ties
+    qbits = np.concatenate([bits[:3], rng.integers(0, 2, (nq - 3, nbits), dtype=np.uint8)])
+    ids = rng.choice(10**6, n, replace=False).astype(np.int64)
+    w = rng.integers(0, 2**10, (nq, nbits)) / 2.0**10
+    codes, queries = pack_bits(bits), pack_bits(qbits)
+    assert codes.shape[1] == code_bytes(nbits) < nbits // 8 + 2
+    index = HashIndex(nbits, device="cpu")
+    index.add(codes, ids)
+    diff = (qbits[:, None, :] != bits[None, :, :]).astype(np.float64)  # (nq, n, nbits), unpadded
+    for mode, wq, ref in (
+        ("qadwh", w, np.einsum("qnk,qk->qn", diff, w)),
+        ("dwh", w[0], diff @ w[0]),
+        ("hamming", None, diff.sum(-1)),
+    ):
+        d, i = index.search(queries, k, wq, mode=mode, strategy=strategy, num_threads=2)
+        for r in range(nq):
+            order = np.lexsort((ids, ref[r]))[:k]
+            np.testing.assert_array_equal(i[r], ids[order], err_msg=f"{mode} query {r}")
+            np.testing.assert_array_equal(d[r], ref[r, order], err_msg=f"{mode} query {r}")
+        if strategy == "auto":
+            w_int, _ = query_weights(wq, mode, nq, nbits)
+            dt, pt = TorchSearcher(codes[np.argsort(ids)], "cpu").topk(queries, w_int, k)
+            np.testing.assert_array_equal(np.sort(ids)[pt], i)
+    lims, dist, got = index.range_search(queries, 3)
+    ham = diff.sum(-1)
+    for r in range(nq):
+        keep = np.flatnonzero(ham[r] <= 3)
+        np.testing.assert_array_equal(got[lims[r]:lims[r + 1]], ids[keep[np.lexsort((ids[keep], ham[r][keep]))]])
+
+
+def test_padding_bits_that_are_set_are_refused():
+    index = HashIndex(12, device="cpu")
+    assert index.nbytes_per_code == 2 and index.nbits == 12
+    good = pack_bits(np.ones((2, 12), dtype=np.uint8))
+    index.add(good, np.array([1, 2]))
+    bad = good.copy()
+    bad[0, 1] |= 0x80  # bit 15: padding
+    with pytest.raises(ValueError, match=r"bits 12\.\.15 pad a 12-bit code to 2 bytes and must be 0"):
+        index.add(bad, np.array([3, 4]))
+    with pytest.raises(ValueError, match=r"query codes row 0: bits 12\.\.15"):
+        index.search(bad, 1, mode="hamming")
+    with pytest.raises(ValueError, match="weights of shape \\(1, 12\\)"):
+        index.search(good[:1], 1, np.ones((1, 16)))
+    assert len(index) == 2
 
 
 def test_reference_distances_match_python_loop():
@@ -243,7 +303,7 @@ def test_weights_change_the_ranking():
 )
 def test_sharded_index_equals_unsharded(nbits, n, shards, extra_k, mode, wkind, seed):
     rng = np.random.default_rng(seed)
-    codes = tied_codes(rng, n, nbits // 8, 3)
+    codes = tied_codes(rng, n, nbits, 3)
     ids = rng.choice(10**5, size=n, replace=False).astype(np.int64)
     queries = codes[rng.integers(0, n, 3)]
     w = make_weights(rng, wkind, 3, nbits)
@@ -273,13 +333,13 @@ def test_sharded_index_equals_unsharded(nbits, n, shards, extra_k, mode, wkind, 
        seed=st.integers(0, 2**32 - 1))
 def test_range_search_equals_brute_force(nbits, n, radius, seed):
     rng = np.random.default_rng(seed)
-    codes = tied_codes(rng, n, nbits // 8, 3)
+    codes = tied_codes(rng, n, nbits, 3)
     ids = rng.choice(10**6, size=n, replace=False).astype(np.int64)
     queries = codes[rng.integers(0, n, 3)]
     index = HashIndex(nbits, device="cpu")
     index.add(codes, ids)
     lims, dist, got_ids = index.range_search(queries, radius)
-    ham = reference_distances(queries, codes, np.ones((3, nbits), np.int64), np.zeros(3, np.int64))
+    ham = reference_distances(queries, codes, *query_weights(None, "hamming", 3, nbits))
     assert lims.shape == (4,) and lims[0] == 0 and lims[-1] == len(dist) == len(got_ids)
     for r in range(3):
         keep = np.flatnonzero(ham[r] <= radius)
@@ -308,7 +368,7 @@ def test_torch_linear_form_equals_cpu_kernels(nbits, n, extra_k, mode, wkind, sm
     import qadwh_ray.core.search_gpu as gpu_mod
 
     rng = np.random.default_rng(seed)
-    codes = tied_codes(rng, n, nbits // 8, 3)
+    codes = tied_codes(rng, n, nbits, 3)
     queries = codes[rng.integers(0, n, 4)]
     w = make_weights(rng, wkind, 4, nbits)
     k = 1 + extra_k % n
@@ -416,9 +476,9 @@ def index():
 
 
 def test_bad_nbits_and_device():
-    with pytest.raises(ValueError, match="multiple of 8"):
-        HashIndex(12)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="between 1 and 4096 bits, got 4097"):
+        HashIndex(4097)
+    with pytest.raises(ValueError, match="between 1 and 4096 bits, got 0"):
         HashIndex(0)
     with pytest.raises(TypeError):
         HashIndex(16.0)

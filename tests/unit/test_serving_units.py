@@ -75,24 +75,33 @@ def test_code_and_weight_parsing():
         with pytest.raises(ApiError) as e:
             parse_code(bad, 16)
         assert e.value.status == 422
+    # a 12-bit code travels as its 2 packed bytes; bits 12..15 (the high nibble of byte 1) are padding
+    assert parse_code("ff0f", 12) == b"\xff\x0f"
+    for bad, msg in (("fff", "3 hex digits; this index uses 12-bit codes, sent as 2 bytes"), ("ff1f", "bits 12..15 pad a 12-bit code")):
+        with pytest.raises(ApiError, match=msg) as e:
+            parse_code(bad, 12)
+        assert e.value.status == 422 and e.value.error == "invalid_code"
+    assert parse_weights([1.0] * 12, 12) == [1.0] * 12
     assert parse_weights([1.0] * 16, 16) == [1.0] * 16
     for bad in ([1.0] * 15, [float("nan")] + [1.0] * 15, [-0.5] + [1.0] * 15, [float("inf")] * 16):
         with pytest.raises(ApiError):
             parse_weights(bad, 16)
 
 
-def test_radius_search_matches_brute_force():
+@pytest.mark.parametrize("nbits", [16, 12])
+def test_radius_search_matches_brute_force(nbits):
+    from qadwh_ray.core.bits import pack_bits
     from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
     from qadwh_ray.serving.shard import LoadedShard, search_loaded
 
     rng = np.random.default_rng(0)
-    n, nbits = 700, 16
+    n = 700
     ids = np.sort(rng.choice(10_000, n, replace=False)).astype(np.int64)
-    codes = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+    codes = pack_bits(rng.integers(0, 2, (n, nbits)))
     index = HashIndex(nbits, device="cpu")
     index.add(codes, ids)
     data = LoadedShard("v1", 0, nbits, ids, codes, None, None, index)
-    q = rng.integers(0, 256, (3, nbits // 8), dtype=np.uint8)
+    q = pack_bits(rng.integers(0, 2, (3, nbits)))
     w = rng.uniform(0.1, 2.0, (3, nbits))
     ham = reference_distances(q, codes, *query_weights(None, "hamming", 3, nbits))
     for mode, weights in (("qadwh", w), ("dwh", w[0]), ("hamming", None)):
@@ -130,15 +139,17 @@ def test_serve_cli_args(tmp_path):
         serve_args_from_cli(parser.parse_args(["serve"]))
 
 
-def test_coalesced_search_equals_one_query_at_a_time():
+@pytest.mark.parametrize("nbits", [24, 20])
+def test_coalesced_search_equals_one_query_at_a_time(nbits):
     """search_many (the router's coalesced shard call) answers each query exactly as alone."""
+    from qadwh_ray.core.bits import pack_bits
     from qadwh_ray.core.search import HashIndex
     from qadwh_ray.serving.shard import LoadedShard, search_loaded, search_many
 
     rng = np.random.default_rng(1)
-    n, nbits = 900, 24
+    n = 900
     ids = np.sort(rng.choice(50_000, n, replace=False)).astype(np.int64)
-    codes = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+    codes = pack_bits(rng.integers(0, 2, (n, nbits)))
     labels = np.eye(10, dtype=np.uint8)[rng.integers(0, 10, n)]
     index = HashIndex(nbits, device="cpu")
     index.add(codes, ids, labels=labels)
@@ -148,7 +159,7 @@ def test_coalesced_search_equals_one_query_at_a_time():
     for j in range(40):
         mode = ("qadwh", "dwh", "hamming")[j % 3]
         w = rng.uniform(0.1, 2.0, nbits) if mode == "qadwh" else (dwh if mode == "dwh" else None)
-        queries.append((rng.integers(0, 256, nbits // 8, dtype=np.uint8), w, mode, int(rng.integers(1, 60)), 4 if j % 7 == 0 else None))
+        queries.append((pack_bits(rng.integers(0, 2, (1, nbits)))[0], w, mode, int(rng.integers(1, 60)), 4 if j % 7 == 0 else None))
     got = search_many(data, queries)
     for (code, w, mode, k, radius), (d, i) in zip(queries, got):
         wq = None if mode == "hamming" else (w[None, :] if mode == "qadwh" else w)
@@ -171,3 +182,24 @@ def test_short_searches_run_inline_long_ones_in_a_thread():
         return short, long_
 
     assert asyncio.run(both()) == (("short", True), ("long", False))
+
+
+def test_class_names_come_from_the_manifest():
+    from qadwh_ray.index.format import Manifest
+    from qadwh_ray.serving.images import class_names, has_item_images
+
+    def manifest(names, sources):
+        return Manifest(version="v1", code_bits=12, num_items=0, shards=[], checkpoint={}, created_at="2026-01-01T00:00:00Z",
+                        num_classes=5, class_names=names, sources=sources)
+
+    folder = [{"kind": "folder", "uri": "/data/pets", "rows": 9}]
+    names = ["cat", "dog", "fox", "owl", "yak"]
+    assert class_names(manifest(names, folder), 5) == names and has_item_images(manifest(names, folder))
+    assert class_names(manifest(names, folder), 7) is None  # a checkpoint with other classes: no names
+    fashion = [{"kind": "fashion", "uri": "fashion:all"}]
+    assert class_names(manifest(names, fashion), 5) == names  # the manifest's names win over the built-in ones
+    old = Manifest(version="v1", code_bits=16, num_items=0, shards=[], checkpoint={}, created_at="2026-01-01T00:00:00Z",
+                   num_classes=10, sources=fashion)  # written before manifests carried class names
+    assert class_names(old, 10)[0] == "T-shirt/top"
+    assert class_names(manifest(None, folder), 5) is None
+    assert not has_item_images(manifest(names, [{"kind": "arrays", "rows": 3}]))
