@@ -137,6 +137,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seeds(args: argparse.Namespace) -> int:
+    """Mean MAP over training seeds with 95% t intervals, and the paired differences, from several reports."""
+    import json
+
+    from qadwh_ray.learning.ablation import report_seed
+    from qadwh_ray.learning.seeds import format_seed_tables, seed_differences, seed_means
+
+    evaluations: dict[int, list[dict]] = {}
+    sets = set()
+    for uri in args.reports:
+        try:
+            report = json.loads(storage.read_bytes(uri))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"report not found: {uri}") from None
+        except ValueError as exc:
+            raise ValueError(f"{uri} is not a JSON report: {exc}") from None
+        seed = report_seed(report, uri)
+        if seed in evaluations:
+            raise ValueError(f"{uri}: a second report for training seed {seed}")
+        evaluations[seed] = report["metrics"]
+        sets.add((report.get("dataset"), report.get("evaluated_on")))
+    if len(sets) != 1:
+        raise ValueError(f"the reports rank different query sets: {sorted(map(str, sets))}")
+    dataset, on = sets.pop()
+    print(f"{dataset}, {on} queries; training seeds {sorted(evaluations)}:")
+    print(format_seed_tables(seed_means(evaluations), seed_differences(evaluations, args.reference)))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: train (Ray Train) → evaluate → index (Ray Data) → serve (Ray Serve) → sample queries."""
     from qadwh_ray.pipelines.end_to_end import MainJobOptions, keep_serving, run_main_job, stop_service
@@ -199,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encode as the mean over each image and its mirror: as the checkpoint says, or on / off")
     _add_on_argument(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("seeds", help="mean MAP over training seeds (95%% t intervals) from one evaluation report per seed")
+    p.add_argument("reports", nargs="+", help="ablation.json files written by qadwh evaluate --out, one per training seed")
+    p.add_argument("--reference", default="QaDWH", help="the ranking every other is paired with (default QaDWH)")
+    p.set_defaults(func=cmd_seeds)
 
     p = sub.add_parser("run", help="the main job: train (Ray Train), evaluate, index (Ray Data), serve (Ray Serve)")
     _add_config_args(p)

@@ -106,7 +106,7 @@ def run_ablation(
             t0 = time.perf_counter()
             rows += evaluate_models([(method, nbits, result.model)], data, export_dir, log)
             runs.append({
-                "method": method, "nbits": nbits, "train_seconds": round(result.seconds, 1),
+                "method": method, "nbits": nbits, "seed": cfg.seed, "train_seconds": round(result.seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t0, 1), "steps": result.steps,
                 "final": result.history[-1] if result.history else {}, "checkpoint": ckpt,
             })
@@ -145,11 +145,14 @@ def evaluate_checkpoints(
     data = data or load_retrieval_data(base.dataset, base.split_seed, base.val_fraction, evaluate_on=on)
     log(data.summary())
     models = []
+    trained = []  # what each ranked model is, for the report (its training seed pairs it across reports)
     for nbits in bits:
         for method in methods:
             name = checkpoint_name(method, nbits)
             payload = load_payload(model_checkpoint(checkpoint_dir, method, nbits))
             check_trained_on(payload, base.dataset, data.split.seed, name, method)
+            trained.append({"method": method, "nbits": nbits, "seed": (payload.get("train_config") or {}).get("seed"),
+                            "checkpoint": payload["uri"], "sha256": payload["sha256"]})
             if flip_average is not None:
                 payload["model_config"] = {**payload["model_config"], "flip_average": flip_average}
             model = model_from_payload(payload)
@@ -158,8 +161,17 @@ def evaluate_checkpoints(
             models.append((method, nbits, model))
     rows = evaluate_models(models, data, export_dir, log)
     if out_dir:
-        write_report(out_dir, data, base, rows, [])
+        write_report(out_dir, data, base, rows, trained)
     return rows
+
+
+def report_seed(report: dict, source: str) -> int:
+    """The training seed of an ``ablation.json``'s models (one per report, so reports pair by seed)."""
+    seeds = {r.get("seed") for r in report.get("runs") or []}
+    if len(seeds) != 1 or None in seeds:
+        raise ValueError(f"{source}: its models were trained with seeds {sorted(map(str, seeds))}; "
+                         "an over-seed summary needs one training seed per report")
+    return int(seeds.pop())
 
 
 def summarize_order(rows: list[RankingMetrics], n_resamples: int = 10_000) -> list[str]:

@@ -43,3 +43,21 @@ def test_methods_are_named_once_and_the_former_forms_still_parse(tmp_path, capsy
     assert "DWH is the qadwh model ranked with one fixed weight vector" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoints", str(tmp_path), "--forms", "hamming"]) == 2
     assert "--forms 'hamming'" in capsys.readouterr().err
+
+
+def test_seeds_command_summarises_one_report_per_training_seed(tmp_path, capsys):
+    def report(name, seed, qadwh, ninh, on="test"):
+        body = {"dataset": "fashion", "evaluated_on": on, "runs": [{"method": "qadwh", "nbits": 12, "seed": seed}],
+                "metrics": [{"nbits": 12, "method": "QaDWH", "map_all": qadwh},
+                            {"nbits": 12, "method": "NINH", "map_all": ninh}]}
+        (tmp_path / name).write_text(json.dumps(body))
+        return str(tmp_path / name)
+
+    a, b, c = report("a.json", 0, 0.80, 0.78), report("b.json", 1, 0.82, 0.81), report("c.json", 2, 0.79, 0.79)
+    assert main(["seeds", a, b, c]) == 0
+    out = capsys.readouterr().out
+    assert "fashion, test queries; training seeds [0, 1, 2]" in out and "| 12 | QaDWH − NINH | 3 |" in out
+    assert main(["seeds", a, report("d.json", 0, 0.8, 0.7)]) == 2
+    assert "a second report for training seed 0" in capsys.readouterr().err
+    assert main(["seeds", a, report("e.json", 3, 0.8, 0.7, on="validation")]) == 2
+    assert "rank different query sets" in capsys.readouterr().err

@@ -137,8 +137,10 @@ def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, 
     cfg = TrainConfig(epochs=1, max_steps=1, classes_per_batch=4, images_per_class=4)
     run_ablation(cfg, [8], ["qadwh"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
     monkeypatch.setattr("qadwh_ray.learning.ablation.load_retrieval_data", lambda *a, **k: small_data)
-    rows = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None)
+    rows = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None, out_dir=str(tmp_path / "ev"))
     assert [r.method for r in rows][-1] == "QaDWH"
+    (run,) = json.loads((tmp_path / "ev" / "ablation.json").read_text())["runs"]
+    assert (run["method"], run["seed"], run["checkpoint"]) == ("qadwh", cfg.seed, str(tmp_path / "qadwh-8.pt"))
     # --flip-average on: the same rankings as the model whose own config says so
     from qadwh_ray.learning.ablation import evaluate_models
     from qadwh_ray.model.checkpoint import load_checkpoint
