@@ -74,7 +74,7 @@ def evaluate_ranking(
 ) -> RankingMetrics:
     nq = len(r.query_codes)
     ks = tuple(k for k in pk_points if k <= len(r.db_codes))
-    sums = {"map_1000": 0.0}
+    map_1000 = 0.0
     ap = []
     pk = np.zeros(len(ks))
     pr_p = pr_r = 0.0
@@ -84,7 +84,7 @@ def evaluate_ranking(
         summ = ranking_summary(distances_for(r, rows), query_labels[rows], db_labels, ks, map_top_k=1000,
                                pr_points=PR_POINTS, db_ids=db_ids)
         ap.append(summ.ap_all)
-        sums["map_1000"] += w * summ.map_at_k
+        map_1000 += w * summ.map_at_k
         pk += w * summ.precision_at
         pr_p, pr_r = pr_p + w * summ.pr.precision, pr_r + w * summ.pr.recall
     p500 = pk[ks.index(500)] / nq if 500 in ks else 0.0
@@ -95,7 +95,7 @@ def evaluate_ranking(
         method=r.method,
         nbits=r.nbits,
         map_all=float(ap.mean()),
-        map_at_1000=sums["map_1000"] / nq,
+        map_at_1000=map_1000 / nq,
         precision_at_500=float(p500),
         precision_r2=None if p_r2 is None else float(p_r2),
         pk_curve={k: float(v / nq) for k, v in zip(ks, pk)},
@@ -123,7 +123,7 @@ class PairedComparison:
     """``better − worse`` in MAP over the same queries, with its paired bootstrap interval."""
 
     nbits: int
-    better: str  # the method with the higher MAP (ties broken by name)
+    better: str  # the ranking with the higher MAP (the first listed on equal MAP)
     worse: str
     difference: Interval
 
@@ -142,7 +142,7 @@ def paired_comparisons(rows: list[RankingMetrics], n_resamples: int = 10_000, se
         for x, y in itertools.combinations(group, 2):
             if len(x.ap) != len(y.ap):
                 raise ValueError(f"{x.method} and {y.method} at {nbits} bits were ranked on different query sets")
-            hi, lo = (x, y) if (x.map_all, y.method) >= (y.map_all, x.method) else (y, x)
+            hi, lo = (x, y) if x.map_all >= y.map_all else (y, x)
             out.append(PairedComparison(nbits, hi.method, lo.method,
                                         paired_difference(hi.ap, lo.ap, n_resamples=n_resamples, seed=seed)))
     return out

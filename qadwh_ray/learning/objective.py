@@ -25,6 +25,8 @@ from qadwh_ray.core.pair_losses import adsq_loss, isdh_loss, ordinal_pair_loss
 from qadwh_ray.core.triplets import all_valid_triplets, sample_triplets
 from qadwh_ray.core.weights import class_weight_rows
 from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.model.asymmetric import AsymmetricOutput
+from qadwh_ray.model.network import HashOutput
 
 
 class Gather(Protocol):
@@ -58,7 +60,7 @@ class LossParts:
 
 
 def batch_objective(
-    out,
+    out: HashOutput | AsymmetricOutput,
     labels: torch.Tensor,
     W: torch.Tensor | None,
     cfg: TrainConfig,
@@ -109,7 +111,7 @@ def batch_objective(
     return LossParts(total, float(tri.detach()) / world, float(cls.detach()) / world, len(a), correct)
 
 
-def _pair_objective(out, labels: torch.Tensor, cfg: TrainConfig, gather: Gather) -> LossParts:
+def _pair_objective(out: HashOutput | AsymmetricOutput, labels: torch.Tensor, cfg: TrainConfig, gather: Gather) -> LossParts:
     """ISDH, DOH and ADSQ: each pair loss returns the local anchors' share of the global
     batch's mean, so scaling by the world size makes DDP's average the global gradient."""
     world = gather.world_size

@@ -11,8 +11,8 @@
   binary codes, ``-<u, b>``, exactly (as a weighted Hamming distance,
   :func:`qadwh_ray.core.weights.asymmetric_query`).
 
-The first ranking of a method is its main one: the one its validation MAP and
-its table row use (:func:`main_ranking`).
+:func:`main_ranking` is a method's own ranking (QaDWH for ``qadwh``), the one
+its per-epoch validation MAP uses.
 """
 
 from __future__ import annotations
