@@ -11,8 +11,8 @@ behave as on a cloud, minus the machines. The node types are ray-cluster.yaml's,
 
 (``accelerator`` stands in for the GPU: a fake node has no CUDA device to train on.)
 
-1. **Serve**: the query service (``qadwh_ray.serving.build_app``) over a small index, its shard
-   deployment autoscaling 1 → 4 replicas of 1 CPU. A burst of concurrent queries makes Serve
+1. **Serve**: the query service (``qadwh_ray.serving.build_app``) over a small index, its router
+   (the HTTP ingress) autoscaling 1 → 4 replicas of 1 CPU. A burst of concurrent queries makes Serve
    add replicas, the replicas that do not fit make the autoscaler add cpu-worker nodes; every
    query of the burst must answer 200; after the burst the replicas and then the nodes go away.
 2. **Train**: a Ray Train run whose 2 workers each need an ``accelerator`` while no gpu-worker
@@ -54,8 +54,11 @@ NODE_TYPES = {
     "gpu-worker": {"resources": {"CPU": 1, "accelerator": 1, "object_store_memory": 150_000_000}, "node_config": {},
                    "min_workers": 0, "max_workers": 2},
 }
-SHARD = {"num_cpus": 1, "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2, "max_ongoing_requests": 16,
-         "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_period_s": 5}
+# The router is the deployment that sees the burst's concurrency (it coalesces the queries into
+# one shard call at a time), so it is the one that scales: 1 -> 4 replicas of 1 CPU.
+ROUTER = {"num_cpus": 1, "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2, "max_ongoing_requests": 32,
+          "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_period_s": 5}
+SCALED = "router"
 
 
 def _free_port() -> int:
@@ -171,7 +174,7 @@ class Timeline:
     def _run(self):
         while not self._stop.is_set():
             try:
-                self.samples.append({"t": time.monotonic() - self.t0, **nodes_by_type(), "shard_replicas": shard_replicas()})
+                self.samples.append({"t": time.monotonic() - self.t0, **nodes_by_type(), "replicas": replicas()})
             except Exception:  # noqa: BLE001 — a sample missed while the controller is busy
                 pass
             self._stop.wait(1.0)
@@ -198,13 +201,14 @@ def nodes_by_type() -> dict:
     return counts
 
 
-def shard_replicas() -> int:
+def replicas() -> int:
+    """Running replicas of the autoscaled deployment."""
     from ray import serve
 
     app = serve.status().applications.get("qadwh")
     if app is None:
         return 0
-    dep = app.deployments.get("shard-0")
+    dep = app.deployments.get(SCALED)
     if dep is None:
         return 0
     return int(sum(n for state, n in dep.replica_states.items() if str(state).endswith("RUNNING")))
@@ -250,9 +254,9 @@ def serve_phase(index_root: str, burst_s: float, clients: int) -> dict:
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     args = {
         "index": index_root, "poll_interval_s": 2.0, "request_deadline_s": 30.0, "attempt_timeout_s": 15.0,
-        "router": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1},
+        "router": ROUTER,
         "encoder": {"num_cpus": 0.25, "min_replicas": 1, "max_replicas": 1},
-        "shard": SHARD,
+        "shard": {"num_cpus": 0.5, "min_replicas": 1, "max_replicas": 1},
     }
     tl = Timeline().start()
     t_deploy = time.monotonic()
@@ -290,7 +294,7 @@ def serve_phase(index_root: str, burst_s: float, clients: int) -> dict:
     t_end = time.monotonic() - tl.t0
 
     # after the burst: replicas back to 1, then the extra nodes idle out
-    wait_until(lambda: shard_replicas() == 1, 600, "the shard replicas to scale back to 1")
+    wait_until(lambda: replicas() == 1, 600, f"the {SCALED} replicas to scale back to 1")
     t_replicas_down = time.monotonic() - tl.t0
     wait_until(lambda: nodes_by_type()["cpu-worker"] <= nodes_before, 600, "the extra cpu-worker nodes to go")
     t_nodes_down = time.monotonic() - tl.t0
@@ -298,12 +302,13 @@ def serve_phase(index_root: str, burst_s: float, clients: int) -> dict:
     tl.stop()
     serve.shutdown()
     up = tl.first(lambda s: s["cpu-worker"] > nodes_before, after=t_burst)
-    more = tl.first(lambda s: s["shard_replicas"] > 1, after=t_burst)
+    more = tl.first(lambda s: s["replicas"] > 1, after=t_burst)
     return {
         "deploy_s": round(deployed_s, 1),
         "cpu_nodes_before": nodes_before,
         "cpu_nodes_peak": tl.peak("cpu-worker"),
-        "shard_replicas_peak": tl.peak("shard_replicas"),
+        "scaled_deployment": SCALED,
+        "replicas_peak": tl.peak("replicas"),
         "requests": int(sum(codes.values())),
         "status_codes": {str(k): v for k, v in sorted(codes.items())},
         "first_extra_replica_s": None if more is None else round(more - t_burst, 1),
