@@ -15,9 +15,10 @@ behave as on a cloud, minus the machines. The node types are ray-cluster.yaml's,
    (the HTTP ingress) autoscaling 1 → 4 replicas of 1 CPU. A burst of concurrent queries makes Serve
    add replicas, the replicas that do not fit make the autoscaler add cpu-worker nodes; every
    query of the burst must answer 200; after the burst the replicas and then the nodes go away.
-2. **Train**: a Ray Train run whose 2 workers each need an ``accelerator`` while no gpu-worker
-   node exists: the job waits (qadwh_ray.capacity: on an autoscaling cluster the missing
-   workers are not an error), the autoscaler adds the nodes, the run finishes, the nodes go away.
+2. **Train**: ``jobs/train.py`` as its own driver (as ``ray job submit`` runs it), its 2 Ray Train
+   workers each needing an ``accelerator`` while no gpu-worker node exists: the job waits
+   (qadwh_ray.capacity: on an autoscaling cluster the missing workers are not an error), the
+   autoscaler adds the nodes, the run finishes, and once the job has ended the nodes go away.
 
 Autoscaler v1 (Ray 2.60's default outside KubeRay): v2 needs the fake provider's defaults file
 that the ray wheel does not ship. The cluster runs on free ports with its own temp dir, so it
@@ -57,7 +58,7 @@ NODE_TYPES = {
 # The router is the deployment that sees the burst's concurrency (it coalesces the queries into
 # one shard call at a time), so it is the one that scales: 1 -> 4 replicas of 1 CPU.
 ROUTER = {"num_cpus": 1, "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2, "max_ongoing_requests": 32,
-          "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_period_s": 5}
+          "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_period_s": 15}  # > Serve's 10 s metrics interval
 SCALED = "router"
 
 
@@ -79,7 +80,7 @@ def autoscaling_config(gcs_address: str) -> dict:
         "cluster_name": "qadwh-fake",
         "max_workers": sum(t["max_workers"] for t in NODE_TYPES.values()),
         "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs_address},
+                     "disable_launch_config_check": True, "launch_multiple": True, "gcs_address": gcs_address},
         "available_node_types": {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
                                  **NODE_TYPES},
         "head_node_type": "ray.head.default",
@@ -328,39 +329,48 @@ def _ready(base: str) -> bool:
         return False
 
 
-def train_phase(workdir: str) -> dict:
+def train_phase(workdir: str, address: str) -> dict:
+    """jobs/train.py as its own driver, as ``ray job submit`` runs it: its workers need 2 gpu-worker
+    nodes that do not exist yet; when the job ends, its actors go and so do the nodes."""
     from qadwh_ray.capacity import cluster_capacity
     from qadwh_ray.learning.config import TrainConfig
-    from qadwh_ray.train.trainer import check_cluster, train_on_ray
+    from qadwh_ray.train.trainer import check_cluster
 
-    cfg = TrainConfig(nbits=16, epochs=1, max_steps=4, train_limit=2000, num_workers=2, cpus_per_worker=1,
-                      worker_resources={"accelerator": 1})
+    settings = ["nbits=16", "epochs=1", "max_steps=4", "train_limit=2000", "num_workers=2", "cpus_per_worker=1",
+                "worker_resources={accelerator: 1}"]
     gpu_nodes_before = nodes_by_type()["gpu-worker"]
     capacity = cluster_capacity()
     refused_on_current = None
     try:  # what a check against the current resources alone (the old behaviour) says
-        check_cluster(cfg, capacity.now)
+        check_cluster(TrainConfig(num_workers=2, cpus_per_worker=1, worker_resources={"accelerator": 1}), capacity.now)
     except ValueError as exc:
         refused_on_current = str(exc)
     tl = Timeline().start()
     t0 = time.monotonic()
-    info = train_on_ray(cfg, storage_path=os.path.join(workdir, "runs"), run_name="autoscale", progress=False,
-                        log=lambda m: print(m, flush=True))
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(REPO / "configs" / "fashion-compact.yaml"),
+           *[a for kv in settings for a in ("--set", kv)], "--storage", os.path.join(workdir, "runs"), "--name", "autoscale"]
+    env = dict(os.environ, RAY_ADDRESS=address)
+    job = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=1800)
     trained_s = time.monotonic() - t0
-    up = tl.first(lambda s: s["gpu-worker"] >= 2)
+    if job.returncode != 0:
+        raise RuntimeError(f"jobs/train.py failed ({job.returncode}): {job.stdout[-2000:]}{job.stderr[-3000:]}")
+    result = json.loads(job.stdout.strip().splitlines()[-1])
+    waited = next((line for line in job.stdout.splitlines() if "wait for the nodes" in line), None)
     wait_until(lambda: nodes_by_type()["gpu-worker"] == 0, 600, "the gpu-worker nodes to go")
     gone_s = time.monotonic() - t0 - trained_s
     tl.stop()
+    up = tl.first(lambda s: s["gpu-worker"] >= 2)
     return {
         "gpu_nodes_before": gpu_nodes_before,
         "capacity": capacity.describe(),
         "current_resources_would_refuse": refused_on_current,
+        "job_said": waited,
         "gpu_nodes_peak": tl.peak("gpu-worker"),
         "both_workers_nodes_up_s": None if up is None else round(up, 1),
-        "train_s": round(trained_s, 1),
-        "steps": int(info.steps),
-        "total_steps": int(info.total_steps),
-        "checkpoint": bool(info.model_uri),
+        "train_job_s": round(trained_s, 1),
+        "steps": result.get("steps"),
+        "total_steps": result.get("total_steps"),
+        "checkpoint": bool(result.get("model_uri") or result.get("checkpoint")),
         "nodes_gone_after_s": round(gone_s, 1),
     }
 
@@ -372,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args(argv)
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped benchmark stops its cluster (finally below)
     # token auth on, as on KubeRay, for the nodes and this driver; set before Ray reads its config,
     # and explicit, so that no ~/.ray/auth_token of another cluster on the host applies
     token = secrets.token_hex(32)
@@ -391,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         out["cluster_start_s"] = round(time.monotonic() - t0, 1)
         out["serve"] = serve_phase(index_root, args.burst_s, args.clients)
         if not args.skip_train:
-            out["train"] = train_phase(workdir)
+            out["train"] = train_phase(workdir, cluster.address)
         out["total_s"] = round(time.monotonic() - t0, 1)
     finally:
         try:
