@@ -21,7 +21,6 @@ pytestmark = pytest.mark.ray
 
 FAST = dict(block_rows=200, batch_size=200, actors=1, shards=2)
 CHECKS = dict(map_queries=100, sample_queries=4, k=20)
-NIGHTLY_CHECKS = dict(CHECKS, queries="fashion")  # the nightly always runs the MAP gate: a query set for the augmented source
 
 
 class _StuckService:
@@ -61,7 +60,7 @@ def test_nightly_that_the_service_does_not_follow_moves_current_back(ray_cluster
     dead.close()
     with pytest.raises(NightlyFailed) as failed:
         run_nightly(NightlyOptions(index=root, source="fashion-augmented:400", checkpoint=str(first), service_url=dead_url,
-                                   build=BuildOptions(**FAST), checks=CheckOptions(**NIGHTLY_CHECKS)))
+                                   build=BuildOptions(**FAST), checks=CheckOptions(**CHECKS)))
     assert failed.value.stage == "service" and "cannot reach the service" in failed.value.reason
     assert store.list_versions() == [v1] and not store.list_staged()
 
@@ -72,7 +71,7 @@ def test_nightly_that_the_service_does_not_follow_moves_current_back(ray_cluster
         with pytest.raises(NightlyFailed) as failed:
             run_nightly(NightlyOptions(index=root, source="fashion-augmented:400", checkpoint=str(second),
                                        service_url=stuck.url, swap_timeout_s=2, build=BuildOptions(**FAST),
-                                       checks=CheckOptions(**NIGHTLY_CHECKS, map_tolerance=1.0)))
+                                       checks=CheckOptions(**CHECKS, map_tolerance=1.0)))
     finally:
         stuck.close()
     assert failed.value.stage == "swap" and f"CURRENT moved back to {v1}" in failed.value.reason
