@@ -36,8 +36,9 @@ class Capacity:
 
     def describe(self) -> str:
         if not self.autoscaling:
-            return "a fixed-size cluster"
-        return "an autoscaling cluster" + ("" if self.most is not None else " whose maximum size Ray does not report")
+            return "the Ray cluster"
+        return "the Ray cluster " + ("at its largest (autoscaling)" if self.most is not None else
+                                     "(autoscaling, to a size Ray does not report)")
 
 
 def _autoscaler_running() -> bool:

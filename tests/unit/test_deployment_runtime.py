@@ -79,9 +79,9 @@ def test_training_counts_the_gpus_an_autoscaler_can_add():
     cfg = TrainConfig(num_workers=2, use_gpu=True)
     no_gpu_yet = Capacity(now={"CPU": 16.0}, autoscaling=True, most={"CPU": 80.0, "GPU": 8.0})
     check_cluster(cfg, no_gpu_yet.limit(), no_gpu_yet.describe())  # waits for the nodes: no error
-    with pytest.raises(ValueError, match="needs 2 GPUs, but a fixed-size cluster has 0"):
+    with pytest.raises(ValueError, match="needs 2 GPUs, but the Ray cluster has 0"):
         fixed = Capacity(now={"CPU": 16.0}, autoscaling=False)
         check_cluster(cfg, fixed.limit(), fixed.describe())
     small = Capacity(now={}, autoscaling=True, most={"CPU": 80.0, "GPU": 1.0})
-    with pytest.raises(ValueError, match="needs 2 GPUs, but an autoscaling cluster has 1"):
+    with pytest.raises(ValueError, match=r"needs 2 GPUs, but the Ray cluster at its largest \(autoscaling\) has 1"):
         check_cluster(cfg, small.limit(), small.describe())  # can never fit: fail at once
