@@ -41,20 +41,22 @@ class Capacity:
                                      "(autoscaling, to a size Ray does not report)")
 
 
-def _autoscaler_running() -> bool:
-    """The autoscaler monitor publishes its report only when it manages nodes (Ray's autoscaler v1)."""
+def _autoscaler_adds_nodes() -> bool:
+    """Ray's autoscaler v1 publishes a report on every cluster; on a fixed-size one its node
+    provider is the read-only one, whose node types are the nodes themselves."""
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
     if not _internal_kv_initialized():
         return False
     raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    if not raw:
-        return False
     try:
-        return "autoscaler_report" in json.loads(raw)
+        report = json.loads(raw).get("autoscaler_report") or {} if raw else {}
     except ValueError:
         return False
+    types = report.get("node_type_mapping") or {}
+    return any(kind != format_readonly_node_type(node) for node, kind in types.items())
 
 
 def cluster_capacity() -> Capacity:
@@ -71,4 +73,4 @@ def cluster_capacity() -> Capacity:
     most = state.get_max_resources_from_cluster_config()
     if most:
         return Capacity(now=now, autoscaling=True, most={k: float(v) for k, v in most.items()})
-    return Capacity(now=now, autoscaling=_autoscaler_running())
+    return Capacity(now=now, autoscaling=_autoscaler_adds_nodes())
