@@ -7,9 +7,11 @@ behave as on a cloud, minus the machines. The node types are ray-cluster.yaml's,
 
     head        0 CPUs (no work lands on it)                 ray-cluster.yaml: head, 0 CPUs
     cpu-worker  2 CPUs, 1 to 3 nodes        (serving)                          cpu-worker, 16 CPUs, 1-12
-    gpu-worker  1 CPU + 1 "accelerator", 0 to 2 (training)                     gpu-worker, 8 CPUs + 1 GPU, 0-8
+    gpu-worker  1 CPU + 1 GPU + 1 "accelerator", 0 to 2 (training)             gpu-worker, 8 CPUs + 1 GPU, 0-8
 
-(``accelerator`` stands in for the GPU: a fake node has no CUDA device to train on.)
+(Training asks for ``accelerator``, standing in for the GPU: a fake node has no CUDA device to
+train on. The GPU resource is there so that, as on a cloud, the autoscaler keeps CPU-only work
+off GPU nodes.)
 
 1. **Serve**: the query service (``qadwh_ray.serving.build_app``) over a small index, its router
    (the HTTP ingress) autoscaling 1 → 4 replicas of 1 CPU. A burst of concurrent queries makes Serve
@@ -52,7 +54,7 @@ sys.path.insert(0, str(REPO))
 IDLE_TIMEOUT_MIN = 0.25  # ray-cluster.yaml: 10 minutes
 NODE_TYPES = {
     "cpu-worker": {"resources": {"CPU": 2, "object_store_memory": 150_000_000}, "node_config": {}, "min_workers": 1, "max_workers": 3},
-    "gpu-worker": {"resources": {"CPU": 1, "accelerator": 1, "object_store_memory": 150_000_000}, "node_config": {},
+    "gpu-worker": {"resources": {"CPU": 1, "GPU": 1, "accelerator": 1, "object_store_memory": 150_000_000}, "node_config": {},
                    "min_workers": 0, "max_workers": 2},
 }
 # The router is the deployment that sees the burst's concurrency (it coalesces the queries into

@@ -124,6 +124,14 @@ def check_cluster(cfg: TrainConfig, resources: dict[str, float], where: str = "t
             )
 
 
+def _keep_data_stats_on_the_driver() -> None:
+    """Ray Data's detached stats actor lives on the node of whoever creates it first; created from
+    a training worker it pins that worker's node for good, so an autoscaler never removes it."""
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    get_or_create_stats_actor()
+
+
 def _fs_and_path(uri: str):
     """(pyarrow filesystem or None, path) for RunConfig: our S3 settings (endpoint, timeouts) travel with it."""
     if storage.is_s3(uri):
@@ -284,6 +292,7 @@ def train_on_ray(
         f"({cfg.classes_per_batch} classes x {cfg.images_per_class}), {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch); storage {storage.join(storage_path, run_name)}"
     )
+    _keep_data_stats_on_the_driver()
     result = trainer.fit()
     out = result.return_value or {}
     ckpt = _to_uri(storage_path, result.checkpoint.path) if result.checkpoint is not None else None
