@@ -31,7 +31,9 @@ def _publish(root: str) -> str:
 
     ids = np.arange(8, dtype=np.int64)
     codes = np.arange(16, dtype=np.uint8).reshape(8, 2)
-    ckpt = {"uri": "/nowhere/model.pt", "sha256": "0" * 64, "model_config": {}}
+    from qadwh_ray.model import ModelConfig
+
+    ckpt = {"uri": "/nowhere/model.pt", "sha256": "0" * 64, "model_config": ModelConfig(nbits=16).to_dict()}
     return write_index_version(root, ids, codes, None, num_shards=2, checkpoint=ckpt)
 
 
