@@ -164,7 +164,7 @@ def test_worker_restore_reads_storage_and_walks_back_past_a_damaged_checkpoint(t
 
     def state(seed):
         torch.manual_seed(seed)
-        net = build_model(cfg.model_config())
+        net = build_model(cfg.model_config(FASHION_INFO, 28))
         optimizer = make_optimizer(net, cfg)
         return net, optimizer, make_scheduler(optimizer, cfg)
 
@@ -189,7 +189,7 @@ def _job_main():
     return module.main
 
 
-def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes_on_s3(ray_cluster, s3_server, small_data, tmp_path, capsys):
+def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes_on_s3(ray_cluster, s3_server, tmp_path, capsys):
     bucket = s3_server.make_bucket()
     store = f"s3://{bucket}/runs"
     cfg = TrainConfig(
