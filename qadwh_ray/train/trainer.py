@@ -27,7 +27,7 @@ from qadwh_ray import storage
 from qadwh_ray.capacity import cluster_capacity
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
-from qadwh_ray.model.checkpoint import FILENAME, load_payload
+from qadwh_ray.model.checkpoint import FILENAME, load_newest_good
 
 STORAGE_ENV = "QADWH_STORAGE"
 DEFAULT_STORAGE = "~/qadwh_runs"
@@ -236,8 +236,8 @@ def train_on_ray(
     plan = BatchPlan.for_config(cfg, data.train_labels)  # raises on impossible class-balanced batches
     ckpt_uri, _ = latest_checkpoint(storage_path, run_name)
     start_step = 0
-    if ckpt_uri:
-        payload = load_payload(ckpt_uri)
+    if ckpt_uri:  # the workers restore through the same loader, so they start where this says
+        ckpt_uri, payload = load_newest_good(*storage.filesystem_and_path(ckpt_uri), log=log)
         check_resume(cfg, payload, run_name)
         start_step = int(payload["step"])
         log(f"resuming run {run_name} from {ckpt_uri} (step {start_step} of {plan.total_steps})")

@@ -9,6 +9,7 @@ metrics reported to Ray Train).
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
 import time
 
@@ -20,14 +21,10 @@ import ray.train
 import ray.train.torch
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
-from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes
+from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes, checkpoint_dir_name, load_newest_good, write_with_checksum
 from qadwh_ray.model.config import ModelConfig
 from qadwh_ray.model.network import build_model
 from qadwh_ray.train.data import DATASET_NAME, BatchPlan, iter_local_batches
-
-
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_step{step:08d}"
 
 
 def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator:
@@ -39,8 +36,9 @@ def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator
 def _restore(checkpoint, net, optimizer, scheduler) -> tuple[int, list[dict]]:
     if checkpoint is None:
         return 0, []
-    with checkpoint.as_directory() as d:
-        payload = torch.load(os.path.join(d, FILENAME), map_location="cpu", weights_only=True)
+    # Read from storage, not checkpoint.as_directory(): that shares one download directory among a node's
+    # workers, and a second worker's re-download truncates model.pt under the first one's torch.load.
+    _, payload = load_newest_good(checkpoint.filesystem, checkpoint.path, log=lambda msg: print(msg, flush=True))
     net.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -183,4 +181,17 @@ def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, dat
     with tempfile.TemporaryDirectory(prefix="qadwh-ckpt-") as d:
         with open(os.path.join(d, FILENAME), "wb") as f:
             f.write(data)
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+        ray.train.report(
+            row, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name,
+            checkpoint_upload_fn=_upload_checkpoint,
+        )
+
+
+def _upload_checkpoint(local, dir_name: str):
+    """Ray Train's upload step for rank 0's checkpoint: model.pt, then its checksum file last, so a
+    directory that has the checksum file is complete (Ray's own copy writes the files in any order)."""
+    store = ray.train.get_context().get_storage()  # DeveloperAPI: the run's pyarrow filesystem and path
+    path = posixpath.join(store.experiment_fs_path, dir_name)
+    with open(os.path.join(local.path, FILENAME), "rb") as f:
+        write_with_checksum(store.storage_filesystem, posixpath.join(path, FILENAME), f.read())
+    return ray.train.Checkpoint(path, filesystem=store.storage_filesystem)
