@@ -43,17 +43,22 @@ a later item never wins a tie. Per query, a max-heap holds the k best
 ``(distance, position)`` pairs. Strategies:
 
 * ``"two_stage"`` — the paper's "Hamming first, then weighted re-rank" made
-  exact: a vectorised XOR + popcount pass over each block of codes, then the
-  weighted distance (per-byte lookup tables) only of items whose Hamming
-  distance ``h`` satisfies ``L(h) < `` the current k-th best distance, with
-  ``L(h)`` the sum of the ``h`` smallest weights (DESIGN.md §3). A small
-  sample gives the bound before the scan starts.
-* ``"exhaustive"`` — the weighted distance of every item through the per-byte
+  exact with a tighter filter: a vectorised pass over each block computes a
+  lower bound of every item's distance from the query's weights floored to
+  16 levels (four AND + POPCOUNT per 64-bit word, no table look-up; the
+  derivation is in :mod:`qadwh_ray.core.kernels`), and only items whose bound
+  can still beat the current k-th best distance get their exact distance
+  (per-byte lookup tables). A sample of a few blocks gives a first threshold
+  before the scan starts.
+* ``"exhaustive"`` — the exact distance of every item through the per-byte
   lookup tables.
 * ``"auto"`` (default) — per query and per block: exhaustive while the bound
-  cannot prune (it admits every Hamming distance) or after a block where the
+  cannot prune (the threshold admits every item) or after a block where the
   filter let more than 30% of the items through (for the next 7 blocks),
   two-stage otherwise.
+
+Once k items at distance 0 are found the heap is final and the rest of the
+scan is skipped (``SearchInfo.final_heap_blocks``).
 
 ``index.last_search`` reports what ran (:class:`SearchInfo`). With CUDA
 (``device="auto"`` and torch sees a GPU) the search runs as a float64 matrix
@@ -237,9 +242,11 @@ class SearchInfo:
     parts: int = 1
     #: weighted (lookup-table) distance evaluations, summed over queries
     weighted_evaluations: int = 0
-    #: blocks scanned two-stage (Hamming filter first) / exhaustively, summed over queries
+    #: blocks scanned two-stage (lower-bound filter first) / exhaustively, summed over queries
     two_stage_blocks: int = 0
     exhaustive_blocks: int = 0
+    #: blocks not scanned because k items at distance 0 were already found, summed over queries
+    final_heap_blocks: int = 0
     per_query_evaluations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
@@ -558,12 +565,12 @@ class HashIndex:
         from qadwh_ray.core import kernels
 
         threads = _thread_count(num_threads)
-        _, _, lut, prefix, qw, qt32, qt16, qt8 = prepared
+        _, _, lut, masks, unit, bound_max, qw, qt32, qt16, qt8 = prepared
         n, nq = self._n, qw.shape[0]
         groups, nparts = _plan(n, nq, threads)
         warmup = WARMUP_BLOCKS if strategy != "exhaustive" else 0
-        args = (self._w, self._t32, self._t16, self._t8, *self._layout.flags(), qw, qt32, qt16, qt8, lut, prefix,
-                k, groups, nparts, _STRATEGY_CODES[strategy], BLOCK, warmup)
+        args = (self._w, self._t32, self._t16, self._t8, *self._layout.flags(), qw, qt32, qt16, qt8, lut, masks,
+                unit, bound_max, k, groups, nparts, _STRATEGY_CODES[strategy], BLOCK, warmup)
         if groups.shape[0] > 1 and threads > 1:
             import numba
 
@@ -582,7 +589,8 @@ class HashIndex:
         self.last_search = SearchInfo(
             mode=mode, strategy=strategy, device="cpu", threads=threads, parts=nparts,
             weighted_evaluations=int(stats[:, :, 0].sum()), two_stage_blocks=int(stats[:, :, 1].sum()),
-            exhaustive_blocks=int(stats[:, :, 2].sum()), per_query_evaluations=stats[:, :, 0].sum(axis=1),
+            exhaustive_blocks=int(stats[:, :, 2].sum()), final_heap_blocks=int(stats[:, :, 3].sum()),
+            per_query_evaluations=stats[:, :, 0].sum(axis=1),
         )
         return d, p
 
