@@ -76,11 +76,26 @@ SUB = 64
 _NO_BOUND = np.int32(2**31 - 1)
 
 _M = np.uint64(0xFF)
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
 # Shifts and table offsets as uint64 constants: numba would turn mixed
 # signed/unsigned integer arithmetic into float64.
 _S1, _S2, _S3, _S4, _S5, _S6, _S7 = (np.uint64(8 * t) for t in range(1, 8))
 (_O1, _O2, _O3, _O4, _O5, _O6, _O7, _O8, _O9, _O10, _O11, _O12, _O13, _O14,
  _O15) = (np.uint64(256 * j) for j in range(1, 16))
+
+
+@intrinsic
+def trailing_zeros(typingctx, x):
+    """Index of the lowest set bit of a non-zero uint64 (LLVM ``cttz`` -> ``tzcnt``)."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        return builder.cttz(val, ir.Constant(ir.IntType(1), 1))
+
+    return types.int64(x), codegen
 
 
 @intrinsic
@@ -373,12 +388,18 @@ def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, mk, 
     if mode == 1:
         nsub = _block_bound(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, mk, buf, mins)
         c = 0
+        t = np.int32(min(thr, _NO_BOUND))
         for g in range(nsub):
-            if mins[g] <= thr:
-                for i in range(g * SUB, min(g * SUB + SUB, m)):
-                    if buf[i] <= thr:
-                        cand[c] = i
-                        c += 1
+            if mins[g] <= t:
+                o = g * SUB
+                bs = buf[o:min(o + SUB, m)]
+                hits = _ZERO
+                for i in range(bs.shape[0]):
+                    hits |= np.uint64(bs[i] <= t) << np.uint64(i)
+                while hits != _ZERO:
+                    cand[c] = o + trailing_zeros(hits)
+                    c += 1
+                    hits &= hits - _ONE
         _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dbuf)
         for j in range(c):
             d = dbuf[j]
@@ -403,53 +424,8 @@ def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, mk, 
 
 
 @njit(cache=True, nogil=True)
-def _warmup_threshold(start, stop, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, mk, unit, bound_max, k,
-                      buf, mins, cand, dbuf, nchunks):
-    """An initial threshold from a sample, so the scan prunes from its first block.
-
-    The bounds of ``nchunks`` blocks spread over ``[start, stop)`` give the
-    smallest bound ``r`` that at least ``k`` sampled items reach; the exact
-    distances of the sampled items with bound ``<= r`` give ``D0``, the k-th
-    smallest of them. These are real items, so the final k-th best distance
-    is ``<= D0``, and an item with ``D > D0`` cannot be in the top k: the
-    returned threshold is ``D0 // unit`` (bound <= floor(D / unit)), or
-    ``bound_max`` when the range is too small to sample.
-    """
-    block = buf.shape[0]
-    n = stop - start
-    if n <= block * nchunks or k > block:
-        return bound_max
-    stride = n // nchunks
-    hist = np.zeros(bound_max + 1, dtype=np.int64)
-    for ci in range(nchunks):
-        b0 = start + ci * stride
-        _block_bound(b0, b0 + block, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, mk, buf, mins)
-        for i in range(block):
-            hist[buf[i]] += 1
-    r = 0
-    acc = hist[0]
-    while acc < k:
-        r += 1
-        acc += hist[r]
-    vals = np.empty(acc, dtype=np.int64)
-    nv = 0
-    for ci in range(nchunks):
-        b0 = start + ci * stride
-        _block_bound(b0, b0 + block, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, mk, buf, mins)
-        c = 0
-        for i in range(block):
-            if buf[i] <= r:
-                cand[c] = i
-                c += 1
-        _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dbuf)
-        vals[nv:nv + c] = dbuf[:c]
-        nv += c
-    return min(bound_max, np.partition(vals, k - 1)[k - 1] // unit)
-
-
-@njit(cache=True, nogil=True)
 def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups,
-                strategy, block, warmup, hd, hp, stats):
+                strategy, block, hd, hp, stats):
     """Run one group of :func:`topk_serial` / :func:`topk_parallel` (see there)."""
     start = groups[g, 0]
     stop = groups[g, 1]
@@ -462,11 +438,6 @@ def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, mask
     mins = np.empty(block // SUB + 1, dtype=np.int32)
     cand = np.empty(block, dtype=np.int64)
     dbuf = np.empty(block, dtype=np.int64)
-    if warmup > 0 and strategy != STRATEGY_EXHAUSTIVE:
-        for q in range(q0, q1):
-            thr[q - q0] = _warmup_threshold(start, stop, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q],
-                                            qt8[q], lut[q], masks[q], unit[q], bound_max[q], k, buf, mins, cand,
-                                            dbuf, warmup)
     for b0 in range(start, stop, block):
         b1 = min(b0 + block, stop)
         for q in range(q0, q1):
@@ -504,7 +475,7 @@ def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, mask
 
 @njit(cache=True, nogil=True)
 def topk_serial(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups, nparts,
-                strategy, block, warmup):
+                strategy, block):
     """Exact top-k of every query over position ranges of the database, in one thread.
 
     ``qw, qt32, qt16, qt8``: the query planes, ``(nq, a)`` and ``(nq,)`` each
@@ -527,13 +498,13 @@ def topk_serial(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, 
     stats = np.zeros((nq, nparts, 4), dtype=np.int64)
     for g in range(groups.shape[0]):
         _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups,
-                    strategy, block, warmup, hd, hp, stats)
+                    strategy, block, hd, hp, stats)
     return hd, hp, stats
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def topk_parallel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups, nparts,
-                  strategy, block, warmup):
+                  strategy, block):
     """:func:`topk_serial` with the groups spread over numba's threads (groups write disjoint slots)."""
     nq = qt8.shape[0]
     hd = np.full((nq, nparts, k), SENTINEL, dtype=np.int64)
@@ -541,7 +512,7 @@ def topk_parallel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks
     stats = np.zeros((nq, nparts, 4), dtype=np.int64)
     for g in prange(groups.shape[0]):
         _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups,
-                    strategy, block, warmup, hd, hp, stats)
+                    strategy, block, hd, hp, stats)
     return hd, hp, stats
 
 

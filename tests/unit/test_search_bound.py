@@ -94,9 +94,8 @@ def test_block_bound_is_the_sum_of_floored_levels(nbits, n, start, wkind, tied, 
 
 @pytest.fixture
 def sub_blocks(monkeypatch):
-    """Blocks of 128 items (two full sub-blocks, or one and a remainder), a 2-block warm-up, parts of any size."""
+    """Blocks of 128 items (two full sub-blocks, or one and a remainder) and parts of any size."""
     monkeypatch.setattr(search_mod, "BLOCK", 128)
-    monkeypatch.setattr(search_mod, "WARMUP_BLOCKS", 2)
     monkeypatch.setattr(search_mod, "MIN_PART", 1)
 
 
