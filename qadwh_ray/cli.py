@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     # The Ray stages: each package registers its own subcommands (imports stay light).
+    from qadwh_ray.client import add_search_parser
     from qadwh_ray.indexing.cli import add_index_parser
     from qadwh_ray.pipelines.cli import add_nightly_parser
     from qadwh_ray.serving.cli import add_serve_parser
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_parser(sub)
     add_serve_parser(sub)
     add_nightly_parser(sub)
+    add_search_parser(sub)
     return parser
 
 

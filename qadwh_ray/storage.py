@@ -45,6 +45,7 @@ __all__ = [
     "join",
     "read_bytes",
     "write_bytes",
+    "create_bytes",
     "exists",
     "is_dir",
     "list_dir",
@@ -357,6 +358,14 @@ def list_files(uri: str, *, recursive: bool = True, suffixes: tuple[str, ...] | 
 # ------------------------------------------------------------------ writing
 
 
+def _temp_beside(uri: str, path: str) -> tuple[int, str]:
+    """A hidden temporary file in ``path``'s directory (created if needed): ``(fd, its path)``."""
+    directory = os.path.dirname(path)
+    with _errors_named(uri):
+        os.makedirs(directory, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+
+
 @contextlib.contextmanager
 def open_output(uri: str) -> Iterator[IO[bytes]]:
     """Context manager yielding a writable binary stream; the data becomes
@@ -380,10 +389,7 @@ def open_output(uri: str) -> Iterator[IO[bytes]]:
     path = local_path(uri)
     if os.path.isdir(path):
         raise IsADirectoryError(f"is a directory, cannot write a file there: {uri}")
-    directory = os.path.dirname(path)
-    with _errors_named(uri):
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = _temp_beside(uri, path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -414,6 +420,79 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     with open_output(uri) as f:
         f.write(data)
+
+
+def create_bytes(uri: str, data: bytes) -> bool:
+    """Write ``data`` to ``uri`` only if nothing is there yet; False when it already exists.
+
+    Atomic against a concurrent creator of the same name, so several writers can
+    race for one name and exactly one wins (the update log's sequence numbers).
+    Local: a temporary file hard-linked into place (``link`` refuses an existing
+    name). S3: a conditional ``PutObject`` (``If-None-Match: *``, through boto3,
+    since pyarrow's S3 streams cannot send it).
+    """
+    uri = os.fspath(uri)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"create_bytes needs bytes, got {type(data).__name__} for {uri}")
+    if is_s3(uri):
+        return _s3_create(uri, bytes(data))
+    path = local_path(uri)
+    directory = os.path.dirname(path)
+    fd, tmp = _temp_beside(uri, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # the new name is durable, not only the bytes
+        finally:
+            os.close(dfd)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=8)
+def _boto3_s3(settings: tuple):
+    import boto3
+    from botocore.config import Config
+
+    endpoint, scheme, region, key, secret, token, connect_t, request_t, attempts = settings
+    kwargs = dict(
+        region_name=region,
+        config=Config(connect_timeout=connect_t, read_timeout=request_t, retries={"max_attempts": attempts, "mode": "standard"}),
+    )
+    if endpoint:
+        kwargs["endpoint_url"] = f"{scheme}://{endpoint}"
+    if key and secret:
+        kwargs.update(aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token)
+    return boto3.client("s3", **kwargs)
+
+
+def _s3_create(uri: str, data: bytes) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = _s3_path(uri).partition("/")
+    try:
+        _boto3_s3(_s3_settings()).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return False
+        if code in ("NoSuchBucket", "404"):
+            raise FileNotFoundError(f"no such bucket for {uri}: {exc}") from None
+        raise StorageError(f"S3 request failed for {uri}: {exc}") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot reach S3 storage at {s3_endpoint() or 'AWS S3'} for {uri}: {exc}") from None
 
 
 def delete(uri: str, recursive: bool = False, *, missing_ok: bool = False) -> None:

@@ -185,6 +185,24 @@ def reference_distances(query_codes: np.ndarray, codes: np.ndarray, w_int: np.nd
     return out
 
 
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(bool)
+
+
+def table_distances(query_code: np.ndarray, codes: np.ndarray, w_int: np.ndarray, exp: int) -> np.ndarray:
+    """Canonical distances ``(m,)`` of one query ``(nbytes,)`` to ``codes (m, nbytes)`` through
+    per-byte lookup tables (exact int64 sums, so equal to :meth:`HashIndex.search`'s); for
+    small or scattered subsets of an index, where a full scan would waste work."""
+    nb = codes.shape[1]
+    qbits = np.unpackbits(np.asarray(query_code, dtype=np.uint8), bitorder="little").astype(bool).reshape(nb, 8)
+    w = np.asarray(w_int, dtype=np.int64).reshape(nb, 8)
+    # tables[j, v] = sum_t W[8j+t] * [bit t of v != query bit 8j+t]
+    tables = ((_BYTE_BITS[None, :, :] != qbits[:, None, :]) * w[:, None, :]).sum(axis=2)
+    out = np.zeros(codes.shape[0], dtype=np.int64)
+    for j in range(nb):
+        out += tables[j][codes[:, j]]
+    return np.ldexp(out.astype(np.float64), int(exp))
+
+
 # --------------------------------------------------------------------------- layout
 
 

@@ -25,7 +25,8 @@ Manifest
     checkpoint the codes came from (URI + SHA-256 + model config), the
     dataset's class names (``class_names[c]`` names class ``c`` of the labels
     and of the model), the sources read, bad rows skipped, creation time,
-    build details and the re-index checks that passed.
+    build details and the re-index checks that passed, and the update-log
+    position folded in (:mod:`qadwh_ray.index.update_log`).
 
 Everything here is pure pyarrow/numpy (no Ray, no storage I/O): the store and
 the reader do the I/O and call :func:`check_shard_bytes` to verify a shard.
@@ -354,6 +355,7 @@ class Manifest:
     parent: str | None = None  # the version an incremental build appended to
     build: dict = field(default_factory=dict)  # seconds, options, software versions
     checks: dict = field(default_factory=dict)  # re-index checks that ran (and their figures)
+    updates: dict = field(default_factory=dict)  # the update log folded in: {"log_position", "file", "sha256", ...}
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -381,6 +383,11 @@ class Manifest:
     @property
     def code_bytes(self) -> int:
         return code_bytes(self.code_bits)
+
+    @property
+    def log_position(self) -> int:
+        """The update-log position this version includes (0: none of the log)."""
+        return int((self.updates or {}).get("log_position", 0))
 
     @property
     def num_shards(self) -> int:

@@ -16,7 +16,22 @@ from qadwh_ray.core.bits import check_codes
 from qadwh_ray.index.format import Manifest, ShardInfo, class_names_for, make_shard_table, shard_file_name, shard_of_ids, shard_table_bytes
 from qadwh_ray.index.store import IndexStore, utc_iso
 
-__all__ = ["write_index"]
+__all__ = ["write_index", "write_shard"]
+
+
+def write_shard(uri: str, table) -> ShardInfo:
+    """Write a shard table (sorted by id on the way) to ``uri``; returns its manifest entry."""
+    data = shard_table_bytes(table)
+    storage.write_bytes(uri, data)
+    ids = table.column("id").to_numpy()
+    return ShardInfo(
+        file=uri.rstrip("/").rsplit("/", 1)[-1],
+        rows=int(table.num_rows),
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        min_id=int(ids.min()) if ids.size else None,
+        max_id=int(ids.max()) if ids.size else None,
+    )
 
 
 def write_index(
@@ -55,18 +70,7 @@ def write_index(
         table = make_shard_table(
             ids[sel], codes[sel], None if labels is None else labels[sel], None if sources is None else [sources[i] for i in sel], code_bits
         )
-        data = shard_table_bytes(table)
-        storage.write_bytes(store.shard_uri(version, shard_file_name(s), staged=True), data)
-        shards.append(
-            ShardInfo(
-                file=shard_file_name(s),
-                rows=int(sel.size),
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-                min_id=int(ids[sel].min()) if sel.size else None,
-                max_id=int(ids[sel].max()) if sel.size else None,
-            )
-        )
+        shards.append(write_shard(store.shard_uri(version, shard_file_name(s), staged=True), table))
     manifest = Manifest(
         version=version,
         code_bits=code_bits,

@@ -349,7 +349,10 @@ def _ensure_ray(address: str | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING", log_to_driver=True)
+        from qadwh_ray.ray_logs import init_ray
+
+        logs = init_ray(address=address or os.environ.get("RAY_ADDRESS") or None)
+        print(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}", flush=True)
 
 
 def _pause_before_publish() -> None:
@@ -360,6 +363,18 @@ def _pause_before_publish() -> None:
     if marker:
         storage.write_bytes(marker, f"{os.getpid()}\n".encode())
         time.sleep(float(os.environ.get("QADWH_FAULT_PAUSE_SECONDS", "600")))
+
+
+def _fold_update_log(store: IndexStore, manifest: Manifest) -> Manifest:
+    """The API's live updates folded into the new version (indexing/fold.py)."""
+    from qadwh_ray.indexing.fold import FoldError, fold_update_log
+
+    pointer = store.read_pointer()
+    previous = store.read_manifest(pointer.version, expected_sha256=pointer.manifest_sha256) if pointer else None
+    try:
+        return fold_update_log(store, manifest, previous)
+    except FoldError as exc:
+        raise IndexBuildError(str(exc)) from exc
 
 
 def _checkpoint_record(payload: dict) -> dict:
@@ -592,6 +607,7 @@ def build_index(
             checks=dict(checks or {}),
         )
         storage.delete(parts_uri, recursive=True, missing_ok=True)
+        manifest = _fold_update_log(store, manifest)
         store.write_staged_manifest(manifest)
         store.verify(version, staged=True, manifest=manifest)
         deleted: dict = {}

@@ -174,7 +174,7 @@ def run_checks(
         raise CheckFailed(f"item count: the version holds {manifest.num_items} items, expected {expected_items}")
     if current is not None and not incremental:
         floor = int(np.ceil(current.num_items * (1.0 - opts.max_item_drop)))
-        if manifest.num_items < floor:
+        if manifest.num_items + int((manifest.updates or {}).get("removed", 0)) < floor:  # API deletions are no loss
             raise CheckFailed(
                 f"item count: {manifest.num_items} items, fewer than the current version {current.version}'s {current.num_items} "
                 f"(allowed drop {opts.max_item_drop:.1%})"
@@ -288,6 +288,7 @@ def reindex(
     result = build_index(ckpt, source, out, staged_opts, incremental=incremental, ray_address=ray_address)
     m = result.manifest
     expected = (current.num_items if incremental and current else 0) + result.rows_read - result.bad_rows
+    expected += int((m.updates or {}).get("items_delta", 0))  # the update log folded in (indexing/fold.py)
     query_spec = query_set(copts.queries, source)
     try:
         figures = run_checks(

@@ -55,22 +55,24 @@ def _stage(log, n: int, title: str) -> float:
     return time.perf_counter()
 
 
-def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS) -> None:
+def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS, log=print) -> None:
     import ray
 
+    from qadwh_ray.ray_logs import init_ray
     from qadwh_ray.serving.ingress import local_cluster_env
 
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING")
+        logs = init_ray(address=address)
     else:
         # A fresh local cluster ("local": never a leftover `ray start` found on
         # this machine). More logical CPUs than cores so that the Train worker,
         # the Data actors and the Serve replicas (fractional CPUs) never wait
         # on each other (DESIGN.md §8).
         with local_cluster_env(ingress):
-            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level="WARNING")
+            logs = init_ray(address="local", num_cpus=max(4, os.cpu_count() or 1))
+    log(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}")
 
 
 def train_stage(opts: MainJobOptions, data=None, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
@@ -112,7 +114,7 @@ def curl_examples(base_url: str, item_id: int) -> list[str]:
 
 def sample_queries(client, images: np.ndarray, labels: np.ndarray, class_names: list[str], log=print, k: int = 10) -> list[dict]:
     """Query the service with each image (PNG over HTTP) in every mode; log the top labels and precision@k."""
-    from qadwh_ray.serving.client import png_bytes
+    from qadwh_ray.client import png_bytes
 
     out = []
     for img, lab in zip(images, labels):
@@ -122,11 +124,11 @@ def sample_queries(client, images: np.ndarray, labels: np.ndarray, class_names: 
         answers = {}
         for mode in ("qadwh", "dwh", "hamming"):
             t0 = time.perf_counter()
-            r = answers[mode] = client.search(image_png=png, k=k, mode=mode)
+            r = answers[mode] = client.search(image=png, k=k, mode=mode)
             ms = (time.perf_counter() - t0) * 1e3
-            hits = [bool(want & set(res.get("labels") or [])) for res in r["results"]]
-            row[mode] = {"ids": r["ids"], "precision": float(np.mean(hits)) if hits else 0.0, "ms": ms, "version": r["version"]}
-        top = [(res.get("label_names") or ["?"])[0] for res in answers["qadwh"]["results"][:5]]
+            hits = [bool(want & set(h.labels or [])) for h in r]
+            row[mode] = {"ids": r.ids, "precision": float(np.mean(hits)) if hits else 0.0, "ms": ms, "version": r.version}
+        top = [(h.label_names or ["?"])[0] for h in answers["qadwh"].hits[:5]]
         names = ", ".join(class_names[c] for c in row["true"])
         log(
             f"   query image of a {names}: precision@{k} qadwh {row['qadwh']['precision']:.2f} / dwh "
@@ -142,14 +144,16 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
     from ray import serve
 
     from qadwh_ray.serving.app import build_app
-    from qadwh_ray.serving.client import ServiceClient
+    from qadwh_ray.client import Client
+    from qadwh_ray.ray_logs import quiet_ray_console
 
     index_root = storage.join(opts.out, "index")
     serve.start(http_options={"host": opts.host, "port": opts.port})
     serve.run(build_app({"index": index_root}), name=opts.app_name, route_prefix="/")
+    quiet_ray_console()  # Serve set up its loggers just now
     shown_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
     base_url = f"http://{shown_host}:{opts.port}"
-    client = ServiceClient(base_url)
+    client = Client(base_url)
     ready = client.wait_ready(timeout_s=300)
     info = client.index()
     log(f"   service ready at {base_url}: version {info['version']}, {info['items']} items in {info['num_shards']} shards, "
@@ -158,8 +162,8 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
     pick = rng.choice(len(data.query_images), size=min(opts.num_sample_queries, len(data.query_images)), replace=False)
     rows = sample_queries(client, data.query_images[pick], data.query_labels[pick], data.class_names, log)
     item_id = int(data.db_ids[0])
-    by_id = client.search(item_id=item_id, k=5)
-    log(f"   query by indexed item {item_id}: ids {by_id['ids']} distances {[round(d, 3) for d in by_id['distances']]}")
+    by_id = client.search(item=item_id, k=5)
+    log(f"   query by indexed item {item_id}: ids {by_id.ids} distances {[round(d, 3) for d in by_id.distances]}")
     return {"base_url": base_url, "ready": ready, "index": info, "queries": rows, "item_id": item_id}
 
 
@@ -173,7 +177,7 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
     if "qadwh" not in opts.methods:
         raise ValueError("the main job indexes and serves the QaDWH model: keep 'qadwh' in the methods")
     t_start = time.perf_counter()
-    _init_ray(opts.ray_address, opts.ingress)
+    _init_ray(opts.ray_address, opts.ingress, log)
     data = load_retrieval_data(opts.base.dataset, opts.base.split_seed, opts.base.val_fraction,
                                image_size=opts.base.image_size, split_uri=opts.base.split)
     log(data.summary())

@@ -88,15 +88,15 @@ def run_nightly(opts: NightlyOptions, log=print) -> NightlyResult:
     """Run the pipeline; raises :class:`NightlyFailed` (or ValueError/FileNotFoundError for bad arguments)."""
     from qadwh_ray.index.store import IndexStore
     from qadwh_ray.indexing.pipeline import BuildOptions
+    from qadwh_ray.client import Client, ServiceError
     from qadwh_ray.indexing.reindex import CheckFailed, CheckOptions, query_set, reindex
-    from qadwh_ray.serving.client import ServiceClient, ServiceError
 
     checks = opts.checks or CheckOptions()
     if query_set(checks.queries, opts.source) is None:  # the quality gate is what makes a nightly safe to publish
         raise ValueError(f"the nightly always checks MAP on a query set: give --queries (a dataset URI) for {opts.source}")
     store = IndexStore(opts.index)
     previous = store.current_version()
-    client = ServiceClient(opts.service_url, opts.service_token) if opts.service_url else None
+    client = Client(opts.service_url, opts.service_token) if opts.service_url else None
     if client is not None:  # fail before any work when the service cannot be reached
         try:
             served = client.index().get("version")

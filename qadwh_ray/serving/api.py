@@ -13,8 +13,10 @@
   :mod:`qadwh_ray.core.bits`); ``weights`` (``nbits`` non-negative weights, one
   per real bit) are required for ``mode="qadwh"`` and refused otherwise.
 
-Query-string parameters ``k``, ``mode``, ``radius`` and ``debug`` are accepted
-for every body type (body fields win). Every problem is an
+Query-string parameters ``k``, ``mode``, ``radius``, ``debug``, ``labels_any``
+and ``labels_all`` are accepted for every body type (body fields win; label
+lists comma-separated outside JSON). ``POST /v1/search/batch`` takes
+``{"queries": [<JSON search body>, ...]}``. Every problem is an
 :class:`~qadwh_ray.serving.errors.ApiError` with a 4xx status.
 """
 
@@ -24,11 +26,10 @@ import base64
 import binascii
 import json
 import math
-import re
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from qadwh_ray.serving.config import MODES
 from qadwh_ray.serving.errors import ApiError
@@ -37,11 +38,16 @@ __all__ = [
     "SearchBody",
     "SearchResponse",
     "Query",
+    "BatchBody",
     "parse_search",
-    "parse_multipart",
+    "parse_batch",
+    "parse_json",
     "parse_code",
     "SEARCH_OPENAPI",
+    "BATCH_OPENAPI",
 ]
+
+_PARAMS = ("k", "mode", "radius", "debug", "labels_any", "labels_all")
 
 
 class SearchBody(BaseModel):
@@ -59,6 +65,20 @@ class SearchBody(BaseModel):
     mode: Optional[str] = Field(None, description="qadwh | dwh | hamming")
     radius: Optional[int] = Field(None, description="only items within this Hamming distance of the query")
     debug: Optional[bool] = Field(None, description="add timings per stage and per shard")
+    labels_any: Optional[List[Union[StrictInt, str]]] = Field(
+        None, description="only items with at least one of these classes (ids or names)"
+    )
+    labels_all: Optional[List[Union[StrictInt, str]]] = Field(
+        None, description="only items with every one of these classes (ids or names)"
+    )
+
+
+class BatchBody(BaseModel):
+    """JSON body of ``POST /v1/search/batch``: several search bodies, answered together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: List[SearchBody] = Field(..., description="the queries, each a JSON body of POST /v1/search")
 
 
 class Result(BaseModel):
@@ -78,6 +98,7 @@ class SearchResponse(BaseModel):
     distances: List[float]
     labels: List[Optional[List[int]]]
     results: List[Result]
+    log_position: int = Field(0, description="the update-log position the answer reflects (with version)")
     debug: Optional[dict] = None
 
 
@@ -95,6 +116,8 @@ SEARCH_OPENAPI = {
                         "mode": {"type": "string", "enum": list(MODES)},
                         "radius": {"type": "integer"},
                         "debug": {"type": "boolean"},
+                        "labels_any": {"type": "string", "description": "comma-separated class ids or names"},
+                        "labels_all": {"type": "string", "description": "comma-separated class ids or names"},
                     },
                     "required": ["image"],
                 }
@@ -104,6 +127,8 @@ SEARCH_OPENAPI = {
         },
     }
 }
+
+BATCH_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {"schema": BatchBody.model_json_schema()}}}}
 
 
 @dataclass
@@ -117,55 +142,8 @@ class Query:
     item_id: Optional[int] = None
     code_hex: Optional[str] = None
     weights: Optional[list] = None
-
-
-_BOUNDARY_RE = re.compile(r'boundary="?([^";]{1,200})"?', re.I)
-_DISP_PARAM_RE = re.compile(r';\s*([a-zA-Z*]+)="([^"]*)"|;\s*([a-zA-Z*]+)=([^;\s]+)')
-
-
-def parse_multipart(body: bytes, content_type: str) -> tuple[dict, dict]:
-    """``multipart/form-data`` → (text fields, file fields as bytes). Small and strict (RFC 7578)."""
-    m = _BOUNDARY_RE.search(content_type)
-    if not m:
-        raise ApiError(400, "bad_request", "multipart body without a boundary parameter")
-    delim = b"\r\n--" + m.group(1).encode("latin-1")
-    chunks = (b"\r\n" + body).split(delim)
-    if len(chunks) < 2:
-        raise ApiError(400, "bad_request", "malformed multipart body: no part found")
-    fields: dict = {}
-    files: dict = {}
-    closed = False
-    for part in chunks[1:]:
-        if part.startswith(b"--"):
-            closed = True
-            break
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep:
-            raise ApiError(400, "bad_request", "malformed multipart body: a part has no header block")
-        headers = {}
-        for line in head.split(b"\r\n"):
-            if not line.strip():
-                continue
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise ApiError(400, "bad_request", "malformed multipart header line")
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
-        disp = headers.get("content-disposition", "")
-        if not disp.lower().startswith("form-data"):
-            raise ApiError(400, "bad_request", "multipart part without Content-Disposition: form-data")
-        params = {}
-        for a, b, c, d in _DISP_PARAM_RE.findall(disp):
-            params[(a or c).lower()] = b if a else d
-        name = params.get("name")
-        if not name:
-            raise ApiError(400, "bad_request", "multipart part without a field name")
-        if "filename" in params or name == "image":
-            files[name] = data
-        else:
-            fields[name] = data.decode("utf-8", "replace").strip()
-    if not closed:
-        raise ApiError(400, "bad_request", "malformed multipart body: missing the closing boundary")
-    return fields, files
+    labels_any: Optional[list] = None  # class ids or names as given; the router resolves names
+    labels_all: Optional[list] = None
 
 
 def _int_param(value: Any, name: str) -> Optional[int]:
@@ -196,7 +174,21 @@ def _bool_param(value: Any) -> Optional[bool]:
     raise ApiError(422, "invalid_request", f"debug must be true or false, got {s[:20]!r}")
 
 
-def _common(params: dict, default_k: int, max_k: int) -> tuple[int, str, Optional[int], bool]:
+def label_list(value: Any, name: str) -> Optional[list]:
+    """A label filter as given: a JSON list, or comma-separated text (form field, query string)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+        if any(not v for v in items):
+            raise ApiError(422, "invalid_labels", f"{name} has an empty entry: {value[:80]!r}")
+        return [int(v) if v.lstrip("-").isdigit() else v for v in items]
+    if isinstance(value, list):
+        return value
+    raise ApiError(422, "invalid_labels", f"{name} must be a list of class ids or names")
+
+
+def _common(params: dict, default_k: int, max_k: int) -> dict:
     k = _int_param(params.get("k"), "k")
     k = default_k if k is None else k
     if not 1 <= k <= max_k:
@@ -208,77 +200,153 @@ def _common(params: dict, default_k: int, max_k: int) -> tuple[int, str, Optiona
     radius = _int_param(params.get("radius"), "radius")
     if radius is not None and radius < 0:
         raise ApiError(422, "invalid_radius", f"radius must be >= 0, got {radius}")
-    debug = bool(_bool_param(params.get("debug")))
-    return k, mode, radius, debug
+    return {
+        "k": k,
+        "mode": mode,
+        "radius": radius,
+        "debug": bool(_bool_param(params.get("debug"))),
+        "labels_any": label_list(params.get("labels_any"), "labels_any"),
+        "labels_all": label_list(params.get("labels_all"), "labels_all"),
+    }
+
+
+def parse_json(body: bytes) -> Any:
+    """Request JSON, with a 400 for malformed or too deeply nested documents (never a 500)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "request body is JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def _validation_message(exc: ValidationError, prefix: str = "") -> str:
+    return "; ".join(f"{prefix}{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def _query_from_json(raw: Any, params: dict, default_k: int, max_k: int, where: str = "") -> Query:
+    """One search from a JSON object (the body of /v1/search or one entry of a batch)."""
+    if not isinstance(raw, dict):
+        raise ApiError(422, "invalid_request", f"{where or 'the JSON body'} must be an object")
+    try:
+        b = SearchBody.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _validation_message(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "request body is JSON nested too deeply") from None
+    params = dict(params)
+    for name in _PARAMS:
+        v = getattr(b, name)
+        if v is not None:
+            params[name] = v
+    common = _common(params, default_k, max_k)
+    given = [n for n in ("image_base64", "id", "code") if getattr(b, n) is not None]
+    if len(given) != 1:
+        raise ApiError(422, "invalid_request", f"give exactly one of image_base64, id or code (got {', '.join(given) or 'none'})")
+    if b.weights is not None and b.code is None:
+        raise ApiError(422, "invalid_request", "weights are only accepted with a code query")
+    if b.image_base64 is not None:
+        try:
+            img = base64.b64decode(b.image_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "invalid_image", "image_base64 is not valid base64") from None
+        if not img:
+            raise ApiError(422, "invalid_image", "image_base64 decodes to no bytes")
+        return Query("image", image=img, **common)
+    if b.id is not None:
+        if b.id < 0:
+            raise ApiError(422, "invalid_request", f"item ids are non-negative, got {b.id}")
+        return Query("id", item_id=b.id, **common)
+    if b.weights is not None and common["mode"] != "qadwh":
+        raise ApiError(422, "invalid_request", f"weights are only used in mode qadwh (mode {common['mode']} uses its own)")
+    return Query("code", code_hex=b.code, weights=b.weights, **common)
+
+
+def _query_params(request) -> dict:
+    extra = set(request.query_params) - set(_PARAMS)
+    if extra:
+        raise ApiError(422, "invalid_request", f"unknown query parameter(s): {', '.join(sorted(extra))[:200]}")
+    return {k: v for k, v in request.query_params.items() if k in _PARAMS}
+
+
+async def read_form(request, max_part_size: int, names: set) -> tuple[dict, dict]:
+    """``multipart/form-data`` with the parts ``names`` → (text fields, file fields as bytes),
+    parsed by python-multipart (through Starlette)."""
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    try:
+        form = await request.form(max_files=1, max_fields=len(names), max_part_size=max_part_size)
+    except (MultiPartException, HTTPException) as exc:
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", None) or "malformed multipart body"
+        raise ApiError(400, "bad_request", f"malformed multipart body: {detail}") from None
+    except (ValueError, KeyError, AssertionError) as exc:  # python-multipart's own errors on a broken body
+        raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from None
+    fields: dict = {}
+    files: dict = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                fields[name] = value.strip()
+            else:
+                files[name] = await value.read()
+    finally:
+        await form.close()
+    unknown = (set(fields) | set(files)) - set(names)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown form field(s): {', '.join(sorted(unknown))[:200]}")
+    if "image" in fields:
+        raise ApiError(422, "invalid_request", "send the image as a file part (with a filename), e.g. curl -F image=@photo.png")
+    return fields, files
 
 
 async def parse_search(request, default_k: int, max_k: int) -> Query:
     """Read and validate a search request (the body limit is enforced while it streams)."""
     ctype = request.headers.get("content-type", "").lower()
-    params: dict = {k: v for k, v in request.query_params.items() if k in ("k", "mode", "radius", "debug")}
-    extra = set(request.query_params) - {"k", "mode", "radius", "debug"}
-    if extra:
-        raise ApiError(422, "invalid_request", f"unknown query parameter(s): {', '.join(sorted(extra))[:200]}")
+    params = _query_params(request)
     body = await request.body()
     if ctype.startswith("multipart/form-data"):
-        fields, files = parse_multipart(body, request.headers.get("content-type", ""))
-        unknown = (set(fields) | set(files)) - {"image", "k", "mode", "radius", "debug"}
-        if unknown:
-            raise ApiError(422, "invalid_request", f"unknown form field(s): {', '.join(sorted(unknown))[:200]}")
-        if "image" not in files or not files["image"]:
+        fields, files = await read_form(request, max(1024, len(body)), {"image", *_PARAMS})
+        if not files.get("image"):
             raise ApiError(422, "invalid_request", "multipart search needs a non-empty file field 'image'")
         params.update(fields)
-        k, mode, radius, debug = _common(params, default_k, max_k)
-        return Query("image", k, mode, radius, debug, image=files["image"])
+        return Query("image", image=files["image"], **_common(params, default_k, max_k))
     if ctype.startswith("image/") or ctype.startswith("application/octet-stream"):
         if not body:
             raise ApiError(422, "invalid_request", "empty image body")
-        k, mode, radius, debug = _common(params, default_k, max_k)
-        return Query("image", k, mode, radius, debug, image=body)
+        return Query("image", image=body, **_common(params, default_k, max_k))
     if ctype.startswith("application/json") or (not ctype and body[:1] in (b"{", b"[")):
-        try:
-            raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ApiError(422, "invalid_request", "the JSON body must be an object")
-        try:
-            b = SearchBody.model_validate(raw)
-        except ValidationError as exc:
-            errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-            raise ApiError(422, "invalid_request", errs) from None
-        for name in ("k", "mode", "radius", "debug"):
-            v = getattr(b, name)
-            if v is not None:
-                params[name] = v
-        k, mode, radius, debug = _common(params, default_k, max_k)
-        given = [n for n in ("image_base64", "id", "code") if getattr(b, n) is not None]
-        if len(given) != 1:
-            raise ApiError(
-                422, "invalid_request", f"give exactly one of image_base64, id or code (got {', '.join(given) or 'none'})"
-            )
-        if b.weights is not None and b.code is None:
-            raise ApiError(422, "invalid_request", "weights are only accepted with a code query")
-        if b.image_base64 is not None:
-            try:
-                img = base64.b64decode(b.image_base64, validate=True)
-            except (binascii.Error, ValueError):
-                raise ApiError(422, "invalid_image", "image_base64 is not valid base64") from None
-            if not img:
-                raise ApiError(422, "invalid_image", "image_base64 decodes to no bytes")
-            return Query("image", k, mode, radius, debug, image=img)
-        if b.id is not None:
-            if b.id < 0:
-                raise ApiError(422, "invalid_request", f"item ids are non-negative, got {b.id}")
-            return Query("id", k, mode, radius, debug, item_id=b.id)
-        if b.weights is not None and mode != "qadwh":
-            raise ApiError(422, "invalid_request", f"weights are only used in mode qadwh (mode {mode} uses its own)")
-        return Query("code", k, mode, radius, debug, code_hex=b.code, weights=b.weights)
+        return _query_from_json(parse_json(body), params, default_k, max_k)
     if not ctype:
         raise ApiError(415, "unsupported_media_type", "missing Content-Type: send application/json, multipart/form-data or image/*")
     raise ApiError(
         415, "unsupported_media_type", f"Content-Type {ctype[:60]!r} is not accepted: send application/json, multipart/form-data or image/*"
     )
+
+
+async def parse_batch(request, default_k: int, max_k: int, max_queries: int) -> list:
+    """``POST /v1/search/batch``: a list with a :class:`Query` or an :class:`ApiError` per query.
+
+    A malformed envelope (not JSON, no ``queries`` list, too many queries) fails the
+    whole request; a bad query fails only its own entry.
+    """
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype and not ctype.startswith("application/json"):
+        raise ApiError(415, "unsupported_media_type", "a batch is JSON: {\"queries\": [...]} with Content-Type application/json")
+    params = _query_params(request)
+    raw = parse_json(await request.body())
+    if not isinstance(raw, dict) or set(raw) != {"queries"} or not isinstance(raw["queries"], list):
+        raise ApiError(422, "invalid_request", 'send {"queries": [<search body>, ...]}')
+    queries = raw["queries"]
+    if not 1 <= len(queries) <= max_queries:
+        raise ApiError(422, "invalid_request", f"a batch holds 1 to {max_queries} queries, got {len(queries)}")
+    out: list = []
+    for i, q in enumerate(queries):
+        try:
+            out.append(_query_from_json(q, params, default_k, max_k, where=f"queries[{i}]"))
+        except ApiError as exc:
+            out.append(exc)
+    return out
 
 
 def parse_code(code_hex: str, nbits: int) -> bytes:

@@ -3,9 +3,9 @@
 
 Deployments (every one autoscaled, fractional CPUs)::
 
-    router      FastAPI ingress: HTTP API + search page, fan-out, exact merge, swaps
+    router      FastAPI ingress: HTTP API + search page, fan-out, exact merge, swaps, update writes
     encoder     QueryEncoder: @serve.batch image -> code + query-adaptive weights (GPU when present)
-    shard-0..   one deployment per index shard (exact weighted-Hamming top-k)
+    shard-0..   one deployment per index shard (exact weighted-Hamming top-k, update log replayed)
     control     one replica: the runtime pin set through the admin API
 
 The pinned version travels as ``user_config`` (``{"version": ...}``) of the
@@ -93,14 +93,14 @@ def build_app(args: "AppArgs | dict") -> Application:
             **extra,
         )
 
+    encoder = serve.deployment(QueryEncoder).options(**opts(a.encoder, "encoder", encoder_gpus(a))).bind(ctor)
     shard_dep = serve.deployment(Shard)
-    shards = [
+    shards = [  # the encoder re-encodes logged images for a version built with another model
         shard_dep.options(
             **opts(a.shard, f"shard-{i}", user_config=user_config, health_check_period_s=5, graceful_shutdown_timeout_s=10)
-        ).bind(i, ctor)
+        ).bind(i, ctor, encoder)
         for i in range(n)
     ]
-    encoder = serve.deployment(QueryEncoder).options(**opts(a.encoder, "encoder", encoder_gpus(a))).bind(ctor)
     control = (
         serve.deployment(VersionControl)
         .options(name="control", num_replicas=1, ray_actor_options={"num_cpus": 0.01}, max_ongoing_requests=100)

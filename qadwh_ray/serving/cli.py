@@ -100,13 +100,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from qadwh_ray.serving.ingress import local_cluster_env
 
     app_args = serve_args_from_cli(args)
+    from qadwh_ray.ray_logs import init_ray, quiet_ray_console
+
+    logs = None
     if not ray.is_initialized():
         with local_cluster_env(args.ingress):  # only a cluster this call starts takes it
-            ray.init(address=args.address, logging_level="WARNING")
+            logs = init_ray(address=args.address)
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name=args.name, route_prefix=args.route_prefix)
+    quiet_ray_console()  # Serve set up its loggers just now
     prefix = args.route_prefix.rstrip("/")
     print(f"qadwh serve: {args.name} ready at http://{args.host}:{args.port}{prefix}/ (API docs at {prefix}/docs)", flush=True)
+    if logs:
+        print(f"qadwh serve: Ray's own logs and the replicas' output: {logs}", flush=True)
     if args.no_block:
         return 0
     try:
@@ -116,5 +122,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("qadwh serve: shutting down", file=sys.stderr)
-        serve.shutdown()
+        serve.delete(args.name)  # only this application: others on a shared cluster keep serving
     return 0

@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DeploymentArgs", "EncoderArgs", "ShardArgs", "AppArgs", "RuntimeConfig", "MODES", "DEFAULT_TOKEN_ENV", "INDEX_ENV"]
+__all__ = ["DeploymentArgs", "EncoderArgs", "ShardArgs", "UpdatesArgs", "AppArgs", "RuntimeConfig", "MODES", "DEFAULT_TOKEN_ENV",
+           "INDEX_ENV"]
 
 MODES = ("qadwh", "dwh", "hamming")
 DEFAULT_TOKEN_ENV = "QADWH_SERVE_TOKEN"
@@ -128,6 +129,13 @@ class RouterArgs(DeploymentArgs):
     max_inflight_batches: int = Field(1, ge=1, description="coalesced calls in flight at once; new queries wait for a slot")
 
 
+class UpdatesArgs(_Strict):
+    """Live updates (``PUT``/``DELETE /v1/items/{id}``) through the index's update log."""
+
+    poll_interval_s: float = Field(0.25, gt=0, description="how often replicas look for new changes in the update log")
+    max_batch: int = Field(64, ge=1, description="changes written together as one log segment")
+
+
 class AppArgs(_Strict):
     """Everything ``build_app`` needs. Only ``index`` is required."""
 
@@ -153,6 +161,8 @@ class AppArgs(_Strict):
     attempt_timeout_s: float = Field(10.0, gt=0, description="one shard/encoder call's limit before it is retried")
     page: bool = Field(True, description="serve the search page at /")
     images_from_sources: bool = Field(True, description="serve item images when the index knows their source")
+    max_batch_queries: int = Field(64, ge=1, description="queries one POST /v1/search/batch may hold")
+    updates: UpdatesArgs = Field(default_factory=UpdatesArgs)
     router: RouterArgs = Field(default_factory=RouterArgs)
     encoder: EncoderArgs = Field(default_factory=EncoderArgs)
     shard: ShardArgs = Field(default_factory=ShardArgs)

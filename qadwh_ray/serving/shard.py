@@ -2,14 +2,18 @@
 
 Each replica loads shard ``i`` of an index version, verified against the
 manifest (size, SHA-256, schema, ids) by :class:`qadwh_ray.index.IndexReader`,
-into a :class:`qadwh_ray.core.search.HashIndex`. Several versions can be held
-at once; every request names the version it wants, so an answer never mixes
-versions:
+into a :class:`qadwh_ray.core.live.LiveIndex`, and replays the update log
+(:mod:`qadwh_ray.index.update_log`) past the position the version was built
+at. Several versions can be held at once; every request names the version and
+the log position it wants, so an answer never mixes versions or positions:
 
 * the version the router asks for is answered from exactly that version; a
   replica that does not hold it yet loads it first (one load shared by all the
   requests waiting for it), which is how replicas started by the autoscaler,
   or replicas the router's preparation call did not reach, catch up;
+* a log position the replica has not reached yet is read from the log first
+  (one read shared by the waiting requests); a background loop follows the
+  log so that this is rare;
 * a background watcher preloads the version the deployment should serve next
   (the pinned one from ``user_config``, else the index's ``CURRENT`` pointer),
   so by the time the router switches, the replicas are normally ready;
@@ -19,8 +23,7 @@ versions:
 
 Replies are plain dicts (``{"ok": False, "error": ..., "detail": ...}`` for a
 refusal) so the router never has to unwrap remote exceptions for expected
-outcomes. The search helpers below are pure (no Ray) and are what the
-deployment calls.
+outcomes.
 """
 
 from __future__ import annotations
@@ -29,17 +32,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
+from qadwh_ray.core.live import Change, LiveIndex, LiveQuery
 from qadwh_ray.serving.config import AppArgs, RuntimeConfig
 
-__all__ = ["LoadedShard", "load_shard_version", "search_loaded", "radius_topk", "Shard"]
+__all__ = ["LoadedShard", "load_shard_version", "changes_for_shard", "Shard"]
 
 log = logging.getLogger("ray.serve")
-
-_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(bool)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -47,167 +49,79 @@ _BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bito
 
 @dataclass
 class LoadedShard:
-    """One shard of one index version in memory."""
+    """One shard of one index version in memory, with the log applied up to ``live.position``."""
 
     version: str
     shard: int
-    code_bits: int
-    ids: np.ndarray  # (n,) int64 ascending
-    codes: np.ndarray  # (n, ceil(nbits/8)) uint8 in id order
-    labels: Optional[np.ndarray]  # (n, c) uint8 or None
-    sources: Optional[list]
-    index: Any  # HashIndex (None when the shard is empty)
+    num_shards: int
+    checkpoint: dict  # the version's checkpoint record: codes in the log are valid only for its sha256
+    live: LiveIndex
+    sources: Optional[list]  # per base row
+    images: dict = field(default_factory=dict)  # put item id -> image SHA-256 in the log
+    stale: int = 0  # puts whose code came from another model and had no image to re-encode
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
 
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of ``ids`` and a mask of which were found."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(self) == 0:
-            return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
-        pos = np.searchsorted(self.ids, ids)
-        pos_c = np.minimum(pos, len(self) - 1)
-        found = self.ids[pos_c] == ids
-        return pos_c, found
-
-    def label_lists(self, ids: np.ndarray) -> list:
-        if self.labels is None:
-            return [None] * len(ids)
-        pos, found = self.positions(ids)
-        out = []
-        for p, ok in zip(pos.tolist(), found.tolist()):
-            out.append(np.flatnonzero(self.labels[p]).tolist() if ok else None)
-        return out
+    @property
+    def image_mode(self) -> str:
+        cfg = self.checkpoint.get("model_config") or {}
+        return "RGB" if int(cfg.get("in_channels", 1)) == 3 else "L"
 
 
-def load_shard_version(root: str, version: str, shard: int, device: str = "cpu") -> LoadedShard:
+def load_shard_version(root: str, version: str, shard: int, device: str = "cpu", threads: int = 1) -> LoadedShard:
     """Read, verify and index shard ``shard`` of ``version`` (an empty shard when the
-    version has fewer shards)."""
-    from qadwh_ray.core.search import HashIndex
+    version has fewer shards), at the log position the version was built at."""
     from qadwh_ray.index.reader import IndexReader
 
     reader = IndexReader(root, version)
     m = reader.manifest
-    nb = m.code_bytes
     if shard >= m.num_shards:
-        return LoadedShard(reader.version, shard, m.code_bits, np.zeros(0, np.int64), np.zeros((0, nb), np.uint8), None, None, None)
-    d = reader.read_shard(shard)
-    index = None
-    if len(d):
-        index = HashIndex(m.code_bits, device=device)
-        if d.labels is not None:
-            index.add(d.codes, d.ids, labels=d.labels)
-        else:
-            index.add(d.codes, d.ids)
-    return LoadedShard(reader.version, shard, m.code_bits, d.ids, np.ascontiguousarray(d.codes), d.labels, d.sources, index)
+        ids, codes, labels, sources = np.zeros(0, np.int64), np.zeros((0, m.code_bytes), np.uint8), None, None
+    else:
+        d = reader.read_shard(shard)
+        ids, codes, labels, sources = d.ids, d.codes, d.labels, d.sources
+    live = LiveIndex(m.code_bits, ids, codes, labels, base_position=m.log_position, num_classes=m.num_classes, device=device,
+                     threads=threads)
+    return LoadedShard(reader.version, shard, m.num_shards, dict(m.checkpoint or {}), live, sources)
 
 
-def _int_distances(query: np.ndarray, codes: np.ndarray, w_int: np.ndarray) -> np.ndarray:
-    """Exact integer weighted Hamming sums of one query against ``codes`` (per-byte tables, int64)."""
-    nb = codes.shape[1]
-    qbits = np.unpackbits(query, bitorder="little").astype(bool).reshape(nb, 8)
-    w = w_int.reshape(nb, 8)
-    # T[j, v] = sum_t W[8j+t] * [bit_t(v) != q bit 8j+t]
-    differs = _BYTE_BITS[None, :, :] != qbits[:, None, :]  # (nb, 256, 8)
-    tables = (differs * w[:, None, :]).sum(axis=2)  # int64 (nb, 256)
-    out = np.zeros(codes.shape[0], dtype=np.int64)
-    for j in range(nb):
-        out += tables[j][codes[:, j]]
-    return out
+def changes_for_shard(entries: list, shard: int, num_shards: int, checkpoint_sha: Optional[str]) -> tuple[list, list]:
+    """This shard's changes among log ``entries``: ``(changes, to_encode)``.
 
-
-def radius_topk(data: LoadedShard, query_codes: np.ndarray, weights, mode: str, k: int, radius: int):
-    """Top ``k`` under ``(distance, id)`` among the items within Hamming ``radius`` of each query.
-
-    Distances follow the canonical definition of :mod:`qadwh_ray.core.search`
-    (snapped integer weights), so they equal what ``HashIndex.search`` returns
-    for the same items. Returns ``(distances (nq, k), ids (nq, k))`` padded with
-    ``inf`` / ``-1``.
+    A put whose code came from this version's model (``checkpoint_sha``; None
+    accepts every code) is a change as it is; one from another model leaves a
+    ``None`` slot in ``changes`` and ``(slot, entry)`` in ``to_encode``: the
+    caller re-encodes its image with this version's model, or, without an
+    image, makes it a delete (its old content is no longer valid either).
     """
-    from qadwh_ray.core.search import query_weights
+    from qadwh_ray.index.format import shard_of_ids
 
-    nq = query_codes.shape[0]
-    dist = np.full((nq, k), np.inf)
-    out_ids = np.full((nq, k), -1, dtype=np.int64)
-    if len(data) == 0 or nq == 0:
-        return dist, out_ids
-    w_int, exps = query_weights(weights, mode, nq, data.code_bits)
-    lims, _, ids = data.index.range_search(query_codes, int(radius))
-    for i in range(nq):
-        cand = ids[lims[i] : lims[i + 1]]
-        if cand.size == 0:
+    if not entries:
+        return [], []
+    home = shard_of_ids(np.asarray([e.id for e in entries], dtype=np.int64), num_shards)
+    changes, to_encode = [], []
+    for e, h in zip(entries, home.tolist()):
+        if h != shard:
             continue
-        pos, _ = data.positions(cand)
-        d = np.ldexp(_int_distances(query_codes[i], data.codes[pos], w_int[i]).astype(np.float64), int(exps[i]))
-        order = np.lexsort((cand, d))[:k]
-        dist[i, : order.size] = d[order]
-        out_ids[i, : order.size] = cand[order]
-    return dist, out_ids
-
-
-def search_loaded(
-    data: LoadedShard,
-    query_codes: np.ndarray,
-    weights,
-    mode: str,
-    k: int,
-    radius: Optional[int] = None,
-    threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of one loaded shard (radius-limited when ``radius`` is given)."""
-    nq = query_codes.shape[0]
-    if len(data) == 0:
-        return np.full((nq, k), np.inf), np.full((nq, k), -1, dtype=np.int64)
-    if radius is not None and radius < data.code_bits:
-        return radius_topk(data, query_codes, weights, mode, k, radius)
-    return data.index.search(query_codes, k, None if mode == "hamming" else weights, mode=mode, num_threads=threads)
-
-
-def search_many(data: LoadedShard, queries: list, threads: int = 1) -> list:
-    """Answer several independent queries of one version with as few scans as possible.
-
-    ``queries``: ``(code (nbytes,) uint8, weights (nbits,) or None, mode, k, radius)``.
-    Weighted queries (qadwh, and dwh, whose one vector is just every row's
-    weights) without a radius are searched together as one multi-query scan, as
-    are plain Hamming ones, with the largest k of the group; each query keeps
-    the first k of its row, which is its exact top k (a prefix under the same
-    total order). Radius queries run one by one. Returns ``(distances, ids)``
-    per query, in order.
-    """
-    out: list = [None] * len(queries)
-    groups: dict = {}
-    for j, (code, w, mode, k, radius) in enumerate(queries):
-        if radius is not None and radius < data.code_bits:
-            wq = None if mode == "hamming" else (np.asarray(w)[None, :] if mode == "qadwh" else np.asarray(w))
-            d, ids = search_loaded(data, code[None, :], wq, mode, k, radius, threads)
-            out[j] = (d[0], ids[0])
+        if e.op == "delete":
+            changes.append(Change(e.seq, e.id))
+        elif checkpoint_sha is None or e.checkpoint == checkpoint_sha:
+            changes.append(Change(e.seq, e.id, bytes.fromhex(e.code), tuple(e.labels or ())))
         else:
-            groups.setdefault("hamming" if mode == "hamming" else "weighted", []).append(j)
-    for kind, idx in groups.items():
-        codes = np.stack([queries[j][0] for j in idx])
-        kmax = max(queries[j][3] for j in idx)
-        if kind == "hamming":
-            d, ids = search_loaded(data, codes, None, "hamming", kmax, None, threads)
-        else:
-            w = np.stack([np.asarray(queries[j][1], dtype=np.float64) for j in idx])
-            d, ids = search_loaded(data, codes, w, "qadwh", kmax, None, threads)
-        for row, j in enumerate(idx):
-            k = queries[j][3]
-            out[j] = (d[row, :k], ids[row, :k])
-    return out
+            changes.append(None)  # placeholder keeps log order; filled by the caller
+            to_encode.append((len(changes) - 1, e))
+    return changes, to_encode
 
 
-def _warm_up(data: LoadedShard, threads: int) -> None:
+def _warm_up(data: LoadedShard) -> None:
     """One tiny query per search path (numba compiles or loads its cache on first use)."""
-    q = data.codes[:1]
-    nb = data.code_bits
-    search_loaded(data, q, np.ones((1, nb), np.float32), "qadwh", 2, None, threads)
-    search_loaded(data, q, np.ones(nb, np.float32), "dwh", 2, None, threads)
-    search_loaded(data, q, None, "hamming", 2, None, threads)
-    search_loaded(data, q, np.ones((1, nb), np.float32), "qadwh", 2, 1, threads)
+    live = data.live
+    if not len(live):
+        return
+    q = live.codes[0]
+    w = np.ones(live.nbits, np.float64)
+    view = live.view(live.base_position)
+    live.search_many([LiveQuery(q, w, "qadwh", 2), LiveQuery(q, None, "hamming", 2), LiveQuery(q, w, "qadwh", 2, 1)], view)
 
 
 # ---------------------------------------------------------------- deployment
@@ -228,22 +142,29 @@ async def _run_search(fn, n_queries: int, rows: int, *args):
 class Shard:
     """Serve deployment body (wrapped by :func:`qadwh_ray.serving.app.build_app`)."""
 
-    async def __init__(self, shard: int, args: dict):
+    async def __init__(self, shard: int, args: dict, encoder=None):
         from qadwh_ray.index.store import IndexStore
+        from qadwh_ray.index.update_log import UpdateLog
+        from qadwh_ray.serving.ingress import inter_deployment_handle_options
 
         self.args = AppArgs.parse(args)
         self.shard = int(shard)
+        self.encoder = encoder.options(**inter_deployment_handle_options()) if encoder is not None else None
         self.pin: Optional[str] = self.args.version
         self.loaded: dict[str, LoadedShard] = {}
         self._loading: dict[str, asyncio.Task] = {}
+        self._catching_up: dict[str, asyncio.Task] = {}
         self._desired: Optional[str] = None
         self._load_error: Optional[str] = None
         self.store = IndexStore(self.args.index)
+        self.update_log = UpdateLog(self.args.index)
         self._replica = _replica_tag()
         # The first version is loaded by the first reconfigure() (build_app always sets a
         # user_config), which Serve awaits before the replica takes traffic; the watcher
         # covers a deployment made without one.
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch())
+        self._follower = loop.create_task(self._follow_log())
 
     # -- versions ---------------------------------------------------------
 
@@ -264,11 +185,13 @@ class Shard:
     async def _load(self, version: str) -> LoadedShard:
         try:
             t0 = time.perf_counter()
-            data = await asyncio.to_thread(load_shard_version, self.args.index, version, self.shard, self.args.shard.device)
-            if data.index is not None:  # compile / load the kernels of every path off the request path
-                await asyncio.to_thread(_warm_up, data, self.args.shard.search_threads)
+            sa = self.args.shard
+            data = await asyncio.to_thread(load_shard_version, self.args.index, version, self.shard, sa.device, sa.search_threads)
+            await asyncio.to_thread(_warm_up, data)  # compile / load the kernels of every path off the request path
+            await self._catch_up(data, None)
             self.loaded[version] = data
-            log.info("shard %d loaded index version %s (%d items) in %.2f s", self.shard, version, len(data), time.perf_counter() - t0)
+            log.info("shard %d loaded index version %s (%d items, log position %d) in %.2f s",
+                     self.shard, version, len(data.live), data.live.position, time.perf_counter() - t0)
             self._evict()
             return data
         finally:
@@ -333,96 +256,131 @@ class Shard:
             self._load_error = f"{type(exc).__name__}: {exc}"
             raise
 
-    async def _get(self, version: str) -> tuple[Optional[LoadedShard], Optional[dict]]:
+    async def _get(self, version: str, position: Optional[int] = None) -> tuple[Optional[LoadedShard], Optional[dict]]:
         data = self.loaded.get(version)
-        if data is None:
-            try:
+        try:
+            if data is None:
                 data = await self._ensure(version)
-            except Exception as exc:  # noqa: BLE001 — deleted, damaged or never published
-                return None, {"ok": False, "error": "version_unavailable", "detail": f"shard {self.shard}: index version {version}: {exc}"}
+            if position is not None and data.live.position < position:
+                await self._catch_up_shared(data, position)
+        except Exception as exc:  # noqa: BLE001 — deleted, damaged, never published, or its log is gone
+            return None, {"ok": False, "error": "version_unavailable", "detail": f"shard {self.shard}: index version {version}: {exc}"}
         data.last_used = time.monotonic()
         return data, None
 
+    # -- the update log -----------------------------------------------------
+
+    async def _catch_up_shared(self, data: LoadedShard, position: int) -> None:
+        """Reach ``position`` (one read of the log shared by every request waiting for it)."""
+        while data.live.position < position:
+            task = self._catching_up.get(data.version)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(self._catch_up(data, position))
+                self._catching_up[data.version] = task
+                task.add_done_callback(lambda _t, v=data.version: self._catching_up.pop(v, None))
+            await asyncio.shield(task)
+
+    async def _catch_up(self, data: LoadedShard, position: Optional[int]) -> None:
+        """Apply the log's changes past ``data.live.position`` (up to ``position``, or to its end)."""
+        entries, reached = await asyncio.to_thread(self.update_log.read, data.live.position, position)
+        if reached <= data.live.position:
+            return
+        # with a checkpoint given to the app (args.checkpoint), every logged code is taken as the served model's
+        model_sha = None if self.args.checkpoint else data.checkpoint.get("sha256")
+        changes, to_encode = changes_for_shard(entries, self.shard, data.num_shards, model_sha)
+        for slot, entry in to_encode:
+            changes[slot] = await self._reencoded(data, entry)
+        image_of = {e.seq: e.image for e in entries if e.image}
+        for c in changes:
+            if c.code is not None and c.seq in image_of:
+                data.images[c.id] = image_of[c.seq]
+            else:
+                data.images.pop(c.id, None)
+        data.live.apply(changes, reached)
+
+    async def _reencoded(self, data: LoadedShard, entry) -> Change:
+        """A put made with another model, re-encoded from its image by this version's model."""
+        if not entry.image or self.encoder is None:
+            data.stale += 1
+            log.warning("shard %d: item %d (log %d) has a code from another model and no image: hidden in version %s",
+                        self.shard, entry.id, entry.seq, data.version)
+            return Change(entry.seq, entry.id)
+        from qadwh_ray.data.transforms import decode_image
+
+        raw = await asyncio.to_thread(self.update_log.read_image, entry.image)
+        pixels = decode_image(raw, mode=data.image_mode, source=f"update-log image {entry.image[:12]}")
+        ref = {"uri": data.checkpoint.get("uri"), "sha256": data.checkpoint.get("sha256")}
+        r = await self.encoder.encode.remote(pixels, ref)
+        if not r.get("ok"):
+            raise RuntimeError(f"cannot re-encode item {entry.id} of the update log: {r.get('detail')}")
+        return Change(entry.seq, entry.id, r["code"], tuple(entry.labels or ()))
+
+    async def _follow_log(self) -> None:
+        """Keep every loaded version at the end of the log (so requests rarely wait for a read)."""
+        while True:
+            await asyncio.sleep(self.args.updates.poll_interval_s)
+            for data in list(self.loaded.values()):
+                try:
+                    end = await asyncio.to_thread(self.update_log.end, data.live.position)
+                    if end > data.live.position:
+                        await self._catch_up_shared(data, end)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 — the next request reads what it needs
+                    log.debug("shard %d: following the update log: %s", self.shard, exc)
+
     # -- requests -----------------------------------------------------------
 
-    async def prepare(self, version: str) -> dict:
-        """Load ``version`` (if needed) and report what this replica holds."""
-        data, err = await self._get(version)
+    async def prepare(self, version: str, position: Optional[int] = None) -> dict:
+        """Load ``version`` (if needed), reach ``position``, and report what this replica holds."""
+        data, err = await self._get(version, position)
         if err:
             return err
-        return {"ok": True, "shard": self.shard, "version": version, "items": len(data), "replica": self._replica}
+        return {"ok": True, "shard": self.shard, "version": version, "items": len(data.live), "position": data.live.position,
+                "replica": self._replica}
 
-    async def search(self, version: str, query_codes: np.ndarray, weights, mode: str, k: int, radius: Optional[int] = None) -> dict:
+    async def search_many(self, version: str, position: int, queries: list) -> dict:
+        """Several :class:`LiveQuery` answered as of log ``position`` (the router coalesces requests)."""
         t0 = time.perf_counter()
-        data, err = await self._get(version)
+        data, err = await self._get(version, position)
         if err:
             return err
         try:
-            d, ids = await _run_search(
-                search_loaded, len(query_codes), len(data), data, query_codes, weights, mode, k, radius, self.args.shard.search_threads
-            )
-        except (ValueError, TypeError) as exc:
-            return {"ok": False, "error": "invalid_request", "detail": str(exc)}
-        labels = [data.label_lists(row[row >= 0]) for row in ids]
-        return {
-            "ok": True,
-            "version": version,
-            "shard": self.shard,
-            "distances": d,
-            "ids": ids,
-            "labels": labels,
-            "search_ms": (time.perf_counter() - t0) * 1e3,
-            "replica": self._replica,
-        }
-
-    async def search_many(self, version: str, queries: list) -> dict:
-        """Several queries in one call (the router coalesces concurrent requests)."""
-        t0 = time.perf_counter()
-        data, err = await self._get(version)
-        if err:
-            return err
-        try:
-            res = await _run_search(search_many, len(queries), len(data), data, queries, self.args.shard.search_threads)
+            view = data.live.view(position)
+            res = await _run_search(data.live.search_many, len(queries), len(data.live), queries, view)
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": "invalid_request", "detail": str(exc)}
         return {
             "ok": True,
             "version": version,
+            "position": position,
             "shard": self.shard,
-            "results": [(d, ids, data.label_lists(ids[ids >= 0])) for d, ids in res],
+            "results": [(d, ids, data.live.labels_of(ids[ids >= 0], view)) for d, ids in res],
             "search_ms": (time.perf_counter() - t0) * 1e3,
             "replica": self._replica,
         }
 
-    async def items(self, version: str, ids: list) -> dict:
-        data, err = await self._get(version)
+    async def items(self, version: str, position: int, ids: list) -> dict:
+        data, err = await self._get(version, position)
         if err:
             return err
-        arr = np.asarray(ids, dtype=np.int64)
-        pos, found = data.positions(arr)
+        view = data.live.view(position)
         out = []
-        for i, p, ok in zip(arr.tolist(), pos.tolist(), found.tolist()):
-            if not ok:
-                out.append(None)
-                continue
-            out.append(
-                {
-                    "id": i,
-                    "code": data.codes[p].tobytes(),
-                    "labels": None if data.labels is None else np.flatnonzero(data.labels[p]).tolist(),
-                    "source": None if data.sources is None else data.sources[p],
-                }
-            )
-        return {"ok": True, "version": version, "shard": self.shard, "items": out}
+        for i in ids:
+            item = data.live.item(int(i), view)
+            if item is not None:
+                row = item.pop("base_row")
+                item["source"] = data.sources[row] if (row is not None and data.sources is not None) else None
+                item["from_log"] = row is None
+                item["log_image"] = data.images.get(int(i)) if row is None else None
+            out.append(item)
+        return {"ok": True, "version": version, "position": position, "shard": self.shard, "items": out}
 
-    async def sample_ids(self, version: str, n: int, seed: int) -> dict:
-        data, err = await self._get(version)
+    async def sample_ids(self, version: str, position: int, n: int, seed: int) -> dict:
+        data, err = await self._get(version, position)
         if err:
             return err
-        if len(data) == 0:
-            return {"ok": True, "ids": []}
-        rng = np.random.default_rng(seed)
-        return {"ok": True, "ids": data.ids[rng.integers(0, len(data), size=int(n))].tolist()}
+        return {"ok": True, "ids": data.live.sample_ids(data.live.view(position), n, np.random.default_rng(seed))}
 
     async def status(self) -> dict:
         return {
@@ -430,7 +388,7 @@ class Shard:
             "replica": self._replica,
             "pin": self.pin,
             "desired": self._desired,
-            "loaded": {v: len(d) for v, d in self.loaded.items()},
+            "loaded": {v: {"items": len(d.live), "position": d.live.position, "stale": d.stale} for v, d in self.loaded.items()},
             "loading": sorted(self._loading),
         }
 
@@ -446,3 +404,4 @@ def _replica_tag() -> str:
         return serve.get_replica_context().replica_tag
     except Exception:  # noqa: BLE001 — outside Serve (unit use)
         return "local"
+

@@ -12,12 +12,9 @@ which is what lets the service render item images.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional
 
 import numpy as np
-
-from qadwh_ray import storage
 
 __all__ = ["write_index_version", "checkpoint_record"]
 
@@ -53,16 +50,9 @@ def write_index_version(
     length and the classes are the checkpoint's (``checkpoint["model_config"]``),
     ``class_names`` the dataset's names of them.
     """
-    from qadwh_ray.index.format import (
-        Manifest,
-        ShardInfo,
-        class_names_for,
-        make_shard_table,
-        shard_file_name,
-        shard_of_ids,
-        shard_table_bytes,
-    )
+    from qadwh_ray.index.format import Manifest, class_names_for, make_shard_table, shard_file_name, shard_of_ids
     from qadwh_ray.index.store import IndexStore, utc_iso
+    from qadwh_ray.index.writer import write_shard
 
     store = IndexStore(root)
     version = version or store.new_version_name()
@@ -77,19 +67,7 @@ def write_index_version(
         order = sel[np.argsort(ids[sel], kind="stable")]
         src = None if item_sources is None else [item_sources[j] for j in order.tolist()]
         table = make_shard_table(ids[order], codes[order], None if labels is None else labels[order], src, nbits)
-        data = shard_table_bytes(table)
-        name = shard_file_name(s)
-        storage.write_bytes(store.shard_uri(version, name, staged=True), data)
-        infos.append(
-            ShardInfo(
-                file=name,
-                rows=int(order.size),
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-                min_id=int(ids[order].min()) if order.size else None,
-                max_id=int(ids[order].max()) if order.size else None,
-            )
-        )
+        infos.append(write_shard(store.shard_uri(version, shard_file_name(s), staged=True), table))
     manifest = Manifest(
         version=version,
         code_bits=nbits,

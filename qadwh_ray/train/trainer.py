@@ -218,7 +218,10 @@ def train_on_ray(
 
     # ---- fail fast: cluster, data, storage, resume — before anything is written
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+        from qadwh_ray.ray_logs import init_ray
+
+        logs = init_ray()
+        log(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}")
     if check_resources:
         capacity = cluster_capacity()
         if capacity.limit() is None:

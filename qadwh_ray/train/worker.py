@@ -24,6 +24,7 @@ from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, 
 from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes, checkpoint_dir_name, load_newest_good, write_with_checksum
 from qadwh_ray.model.config import ModelConfig
 from qadwh_ray.model.network import build_model
+from qadwh_ray.ray_logs import console_print
 from qadwh_ray.train.data import DATASET_NAME, BatchPlan, iter_local_batches
 
 
@@ -140,7 +141,7 @@ def train_loop_per_worker(config: dict) -> dict:
             )
         history.append(row)
         if rank == 0:
-            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            console_print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, config.get("dataset"))
         info.update(steps=step, history=history)
         sums, t_epoch = new_epoch()

@@ -10,6 +10,7 @@ as printed.
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def test_main_command_trains_indexes_serves_and_answers_the_printed_curl(tmp_pat
             assert stage in text
         assert "16 bits: QaDWH" in text  # the ordering line of the ablation table
         assert f"search page: http://127.0.0.1:{port}/" in text
+        # a quiet console: stages, progress and results; Ray's messages and worker output in its log files
+        assert "Ray's own logs and the workers' output: " in text
+        noise = [ln for ln in lines if re.search(r"\((\w+ )?pid=\d+|\(raylet\)|^\s*(INFO|WARNING|DEBUG)\b|"
+                                                  r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+\s+(INFO|WARNING|DEBUG)|"
+                                                  r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\]|Traceback", ln)]
+        assert not noise, "".join(noise[:20])
 
         # the index: the whole 64,000-image database, published
         store = IndexStore(str(out / "index"))

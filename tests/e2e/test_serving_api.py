@@ -320,6 +320,145 @@ def test_prometheus_metrics(service, ray_cluster):
     assert 'endpoint="/v1/search"' in text
 
 
+def _filtered_brute(service, code, weights, mode, k, allowed, radius=None):
+    """Brute force over the items ``allowed`` selects (ties by id), canonical distances."""
+    from qadwh_ray.core.search import query_weights, reference_distances
+
+    fx = service["fx"]
+    wi, e = query_weights(weights, mode, 1, S.NBITS)
+    dist = reference_distances(code[None, :], fx.codes, wi, e)[0]
+    ok = allowed.copy()
+    if radius is not None:
+        ham = reference_distances(code[None, :], fx.codes, *query_weights(None, "hamming", 1, S.NBITS))[0]
+        ok &= ham <= radius
+    sel = np.flatnonzero(ok)
+    order = sel[np.lexsort((fx.ids[sel], dist[sel]))][:k]
+    return fx.ids[order].tolist(), dist[order].tolist()
+
+
+def _filter_cases(service, n=6, seed=5):
+    """(request body, expected ids, expected distances) for filtered queries of every kind."""
+    from qadwh_ray.data.fashion import CLASS_NAMES
+
+    fx = service["fx"]
+    _, enc = _queries(service, n, seed=seed)
+    lab = fx.labels.astype(bool)
+    filters = [
+        ({"labels_any": [7]}, lab[:, 7]),  # one class: selective
+        ({"labels_any": ["Sneaker", "Bag", 0]}, lab[:, [7, 8, 0]].any(axis=1)),  # names and ids
+        ({"labels_any": list(range(9))}, lab[:, :9].any(axis=1)),  # broad: most items match
+        ({"labels_all": ["Bag"], "labels_any": [8, 9]}, lab[:, 8]),
+        ({"labels_all": [1, 2]}, np.zeros(len(lab), bool)),  # single-label data: nothing matches
+    ]
+    cases = []
+    for i in range(n):
+        code = enc.codes[i]
+        for j, (flt, allowed) in enumerate(filters):
+            mode = ("qadwh", "dwh", "hamming")[(i + j) % 3]
+            k = (1, 9, 40, 150)[(i + j) % 4]
+            radius = 5 if (i + j) % 5 == 0 else None
+            body = {"code": code.tobytes().hex(), "k": k, "mode": mode, **flt}
+            w = {"qadwh": enc.qadwh_weights[i][None, :], "dwh": enc.dwh_weights, "hamming": None}[mode]
+            if mode == "qadwh":
+                body["weights"] = enc.qadwh_weights[i].tolist()
+            if radius is not None:
+                body["radius"] = radius
+            cases.append((body, *_filtered_brute(service, code, w, mode, k, allowed, radius)))
+    assert CLASS_NAMES[7] == "Sneaker" and CLASS_NAMES[8] == "Bag"
+    return cases
+
+
+def test_label_filters_equal_brute_force(service):
+    """labels_any / labels_all (ids or names): the exact top k among matching items, every mode, ties included."""
+    base, s, fx = service["base"], service["s"], service["fx"]
+    cases = _filter_cases(service)
+
+    def run(case):
+        r = s.post(base + "/v1/search", json=case[0], timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json(), case
+
+    ties = 0
+    with ThreadPoolExecutor(6) as pool:
+        for got, (body, want_ids, want_d) in pool.map(run, cases):
+            assert got["ids"] == want_ids, body
+            assert got["distances"] == want_d, body
+            if "labels_all" not in body:  # fewer than k only when fewer match
+                assert len(got["ids"]) == min(body["k"], len(want_ids))
+            ties += sum(1 for a, b in zip(want_d, want_d[1:]) if a == b)
+    assert ties > 50
+    # an image query and an item query with a filter, as multipart and JSON
+    j = 321
+    img = S.png(fx.images[j])
+    r = s.post(base + "/v1/search", files={"image": ("q.png", img, "image/png")},
+               data={"k": "12", "labels_any": "Sneaker,Sandal", "debug": "1"}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    w = np.asarray(got["debug"]["weights"])[None, :]
+    allowed = fx.labels[:, [5, 7]].any(axis=1)
+    assert (got["ids"], got["distances"]) == _filtered_brute(service, fx.codes[j], w, "qadwh", 12, allowed)
+    assert all(set(x["label_names"]) & {"Sneaker", "Sandal"} for x in got["results"])
+    r = s.post(base + "/v1/search", json={"id": int(fx.ids[j]), "k": 5, "mode": "hamming", "labels_all": ["Bag"]}, timeout=60)
+    assert r.status_code == 200 and r.json()["ids"] == _filtered_brute(service, fx.codes[j], None, "hamming", 5, fx.labels[:, 8].astype(bool))[0]
+    for bad in ({"labels_any": ["Spaceship"]}, {"labels_all": [10]}, {"labels_any": [-1]}, {"labels_any": "Bag"}):
+        r = s.post(base + "/v1/search", json={"code": fx.codes[0].tobytes().hex(), "mode": "hamming", **bad}, timeout=30)
+        _check_json_error(r, 422)
+
+
+def test_batch_queries_equal_single_answers_with_errors_per_query(service):
+    base, s, fx = service["base"], service["s"], service["fx"]
+    cases = _filter_cases(service, n=3, seed=9)[:12]
+    imgs, enc = _queries(service, 2, seed=13)
+    queries = [c[0] for c in cases]
+    queries += [
+        {"image_base64": base64.b64encode(S.png(imgs[0])).decode(), "k": 7, "debug": True},
+        {"id": int(fx.ids[10]), "k": 20, "mode": "dwh"},
+        {"code": "zz", "mode": "hamming"},  # bad code: fails alone
+        {"id": int(np.setdiff1d(np.arange(70000), fx.ids)[0])},  # unknown item: 404 alone
+        {"image_base64": base64.b64encode(b"not an image").decode()},  # undecodable: 422 alone
+        {"code": fx.codes[3].tobytes().hex(), "k": 0},
+    ]
+    r = s.post(base + "/v1/search/batch", json={"queries": queries}, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["version"] == fx.version and len(out["results"]) == len(queries)
+    res = out["results"]
+    for (body, want_ids, want_d), got in zip(cases, res):
+        assert got["status"] == 200 and got["ids"] == want_ids and got["distances"] == want_d, body
+    single = s.post(base + "/v1/search", json=queries[len(cases) + 1], timeout=60).json()
+    assert res[len(cases) + 1]["ids"] == single["ids"] and res[len(cases) + 1]["distances"] == single["distances"]
+    img_answer = res[len(cases)]
+    assert img_answer["status"] == 200 and img_answer["query"]["code"] == enc.codes[0].tobytes().hex()
+    # one pass per shard carried every valid query of the batch
+    valid = len(cases) + 2
+    assert len(img_answer["debug"]["shards"]) == 2 and all(x["batch"] >= valid for x in img_answer["debug"]["shards"])
+    assert [x["status"] for x in res[-4:]] == [422, 404, 422, 422]
+    assert all(set(x) == {"status", "error", "detail"} for x in res[-4:])
+    assert all(x["log_position"] == out["log_position"] for x in res if x["status"] == 200)
+    # the envelope itself
+    for kw, status in ((dict(json={"queries": []}), 422), (dict(json={"queries": [{"id": 1}] * 65}), 422),
+                       (dict(json=[{"id": 1}]), 422), (dict(data=b"[" * 50000, headers={"Content-Type": "application/json"}), 400),
+                       (dict(data=b"x", headers={"Content-Type": "text/plain"}), 415)):
+        _check_json_error(s.post(base + "/v1/search/batch", timeout=30, **kw), status)
+
+
+def test_hardening_nested_oversized_and_malformed_bodies(service):
+    base, s = service["base"], service["s"]
+    J = {"Content-Type": "application/json"}
+    for path in ("/v1/search", "/v1/search/batch"):
+        _check_json_error(s.post(base + path, data=b"[" * 200_000, headers=J, timeout=30), 400)
+        _check_json_error(s.post(base + path, data=b'{"queries": ' + b"[" * 100_000, headers=J, timeout=30), 400)
+        _check_json_error(s.post(base + path, data=b'{"a": "' + b"x" * (300 * 1024) + b'"}', headers=J, timeout=30), 413)
+    _check_json_error(s.put(base + "/v1/admin/index", data=b"[" * 100_000, headers=J, timeout=30), 400)
+    _check_json_error(s.put(base + "/v1/items/5", data=b"{" * 100_000, headers=J, timeout=30), 400)
+    M = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    for body in (b"--XyZ\r\nno header end--XyZ--", b"--XyZ\r\nContent-Disposition: form-data\r\n\r\nx\r\n--XyZ--\r\n", b"garbage"):
+        r = s.post(base + "/v1/search", data=body, headers=M, timeout=30)
+        assert r.status_code in (400, 422), (body, r.status_code, r.text)
+        _check_json_error(r, r.status_code)
+    assert s.post(base + "/v1/search", json={"code": service["fx"].codes[0].tobytes().hex(), "mode": "hamming"}, timeout=30).status_code == 200
+
+
 def test_12_bit_rgb_index_with_its_own_class_names(serving_rgb12):
     """A 12-bit RGB index: /v1/index reports 12 bits and the folder's class names, a code
     query is its 2 packed bytes (padding bits 0) and equals the in-process search in every

@@ -135,3 +135,26 @@ def test_image_folder_on_s3(bucket):
     cat = open_catalog(root)
     with pytest.raises(ImageReadError, match=rf"s3://{bucket}/folder/bag/9.png"):
         read_images(cat, np.arange(len(cat)))
+
+
+def test_create_bytes_has_one_winner_and_the_update_log_works_on_s3(bucket):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qadwh_ray.index.update_log import LogEntry, UpdateLog
+
+    uri = f"s3://{bucket}/once/obj"
+    with ThreadPoolExecutor(6) as pool:
+        won = list(pool.map(lambda j: storage.create_bytes(uri, b"writer %d" % j), range(6)))
+    assert won.count(True) == 1 and storage.read_bytes(uri) == b"writer %d" % won.index(True)
+
+    logs = [UpdateLog(f"s3://{bucket}/idx") for _ in range(3)]
+
+    def write(n):
+        return [e.seq for j in range(5) for e in logs[n].append([LogEntry(0, "put", 100 * n + j, code="00ff")])]
+
+    with ThreadPoolExecutor(3) as pool:
+        seqs = sorted(s for got in pool.map(write, range(3)) for s in got)
+    assert seqs == list(range(1, 16))
+    entries, pos = UpdateLog(f"s3://{bucket}/idx").read(0)
+    assert pos == 15 and sorted(e.id for e in entries) == sorted(100 * n + j for n in range(3) for j in range(5))
+    assert logs[0].truncate(15) == 15 and logs[0].read(15) == ([], 15)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from qadwh_ray.serving.api import parse_code, parse_multipart, parse_weights
+from qadwh_ray.serving.api import parse_code, parse_weights
 from qadwh_ray.serving.config import AppArgs, RuntimeConfig
 from qadwh_ray.serving.errors import ApiError
 
@@ -47,27 +47,84 @@ def test_app_args_are_strict():
         RuntimeConfig.parse({"version": "v1", "other": 2})
 
 
-def test_multipart_parser_keeps_binary_bytes():
+def _request(body: bytes, content_type: str, query: str = ""):
+    """A Starlette request over ``body`` (what the route handlers receive)."""
+    from starlette.requests import Request
+
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/search", "query_string": query.encode(),
+             "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]}
+    return Request(scope, receive)
+
+
+def _parse(body: bytes, content_type: str, query: str = ""):
+    import asyncio
+
+    from qadwh_ray.serving.api import parse_search
+
+    return asyncio.run(parse_search(_request(body, content_type, query), 10, 100))
+
+
+def test_multipart_is_parsed_by_python_multipart_and_keeps_binary_bytes():
     payload = b"\x89PNG\r\n\x1a\n\r\n--notboundary\r\n\x00\xff"
     body = (
         b"--XyZ\r\n"
         b'Content-Disposition: form-data; name="k"\r\n\r\n'
         b"7\r\n"
         b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="labels_any"\r\n\r\n'
+        b"Sneaker, 3\r\n"
+        b"--XyZ\r\n"
         b'Content-Disposition: form-data; name="image"; filename="a b.png"\r\n'
         b"Content-Type: image/png\r\n\r\n" + payload + b"\r\n"
         b"--XyZ--\r\n"
     )
-    fields, files = parse_multipart(body, 'multipart/form-data; boundary="XyZ"')
-    assert fields == {"k": "7"} and files == {"image": payload}
-    for bad_body, ctype in (
-        (body, "multipart/form-data"),  # no boundary
-        (body[: body.rindex(b"--XyZ--")], "multipart/form-data; boundary=XyZ"),  # not closed
-        (b"--XyZ\r\nno header end--XyZ--", "multipart/form-data; boundary=XyZ"),
+    q = _parse(body, 'multipart/form-data; boundary="XyZ"')
+    assert (q.kind, q.image, q.k, q.labels_any) == ("image", payload, 7, ["Sneaker", 3])
+    for bad_body, ctype, status in (
+        (body, "multipart/form-data", 400),  # no boundary
+        (b"--XyZ\r\nno header end--XyZ--", "multipart/form-data; boundary=XyZ", 400),
+        (body.replace(b'name="k"', b'name="bogus"'), "multipart/form-data; boundary=XyZ", 422),
+        (body.replace(b'; filename="a b.png"', b""), "multipart/form-data; boundary=XyZ", 422),  # image not a file
     ):
         with pytest.raises(ApiError) as e:
-            parse_multipart(bad_body, ctype)
-        assert e.value.status == 400
+            _parse(bad_body, ctype)
+        assert e.value.status == status, (e.value.status, e.value.detail)
+
+
+def test_deeply_nested_or_malformed_json_is_a_400():
+    for body in (b"[" * 100_000, b'{"code": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", b'{"code": "ab'):
+        with pytest.raises(ApiError) as e:
+            _parse(body, "application/json")
+        assert e.value.status == 400 and e.value.error == "malformed_json"
+    with pytest.raises(ApiError) as e:  # nested within Python's limits: a clear 422 from validation
+        _parse(b'{"code": ' + b"[" * 500 + b"]" * 500 + b"}", "application/json")
+    assert e.value.status == 422
+
+
+def test_label_filters_and_batches_parse():
+    import asyncio
+
+    from qadwh_ray.serving.api import parse_batch
+
+    q = _parse(b'{"id": 4, "labels_all": [1, "Bag"]}', "application/json", "labels_any=2,Shirt&k=3")
+    assert (q.kind, q.item_id, q.k, q.labels_any, q.labels_all) == ("id", 4, 3, [2, "Shirt"], [1, "Bag"])
+    with pytest.raises(ApiError) as e:
+        _parse(b'{"id": 4, "labels_any": [true]}', "application/json")
+    assert e.value.status == 422
+    body = b'{"queries": [{"id": 1}, {"code": "zz", "k": 0}, {"id": 2, "mode": "hamming"}, 5]}'
+    got = asyncio.run(parse_batch(_request(body, "application/json"), 10, 100, 8))
+    assert [type(x).__name__ for x in got] == ["Query", "ApiError", "Query", "ApiError"]
+    assert got[1].status == 422 and got[2].mode == "hamming"
+    for bad, status in ((b'{"queries": []}', 422), (b'{"queries": [{"id": 1}], "x": 1}', 422), (b"[" * 9000, 400),
+                        (b'{"queries": ' + b'[{"id": 1}' + b', {"id": 1}' * 8 + b"]}", 422)):
+        with pytest.raises(ApiError) as e:
+            asyncio.run(parse_batch(_request(bad, "application/json"), 10, 100, 8))
+        assert e.value.status == status
 
 
 def test_code_and_weight_parsing():
@@ -90,40 +147,6 @@ def test_code_and_weight_parsing():
             parse_weights(bad, 16)
 
 
-@pytest.mark.parametrize("nbits", [16, 12])
-def test_radius_search_matches_brute_force(nbits):
-    from qadwh_ray.core.bits import pack_bits
-    from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
-    from qadwh_ray.serving.shard import LoadedShard, search_loaded
-
-    rng = np.random.default_rng(0)
-    n = 700
-    ids = np.sort(rng.choice(10_000, n, replace=False)).astype(np.int64)
-    codes = pack_bits(rng.integers(0, 2, (n, nbits)))
-    index = HashIndex(nbits, device="cpu")
-    index.add(codes, ids)
-    data = LoadedShard("v1", 0, nbits, ids, codes, None, None, index)
-    q = pack_bits(rng.integers(0, 2, (3, nbits)))
-    w = rng.uniform(0.1, 2.0, (3, nbits))
-    ham = reference_distances(q, codes, *query_weights(None, "hamming", 3, nbits))
-    for mode, weights in (("qadwh", w), ("dwh", w[0]), ("hamming", None)):
-        wi, e = query_weights(weights, mode, 3, nbits)
-        dist = reference_distances(q, codes, wi, e)
-        for radius, k in ((0, 5), (3, 20), (5, 400)):
-            d, got = search_loaded(data, q, weights, mode, k, radius)
-            for i in range(3):
-                sel = np.flatnonzero(ham[i] <= radius)
-                order = sel[np.lexsort((ids[sel], dist[i, sel]))][:k]
-                m = order.size
-                assert got[i, :m].tolist() == ids[order].tolist()
-                assert d[i, :m].tolist() == dist[i, order].tolist()
-                assert (got[i, m:] == -1).all() and np.isinf(d[i, m:]).all()
-    # a radius at the code length is a plain top-k search
-    d1, i1 = search_loaded(data, q, w, "qadwh", 10, nbits)
-    d2, i2 = index.search(q, 10, w, mode="qadwh")
-    assert (i1 == i2).all() and (d1 == d2).all()
-
-
 def test_serve_cli_args(tmp_path):
     from qadwh_ray.serving.cli import add_serve_parser, serve_args_from_cli
 
@@ -139,34 +162,6 @@ def test_serve_cli_args(tmp_path):
         serve_args_from_cli(parser.parse_args(["serve", "--index", "/x", "--set", "shard.bogus=1"]))
     with pytest.raises(ValueError, match="--index"):
         serve_args_from_cli(parser.parse_args(["serve"]))
-
-
-@pytest.mark.parametrize("nbits", [24, 20])
-def test_coalesced_search_equals_one_query_at_a_time(nbits):
-    """search_many (the router's coalesced shard call) answers each query exactly as alone."""
-    from qadwh_ray.core.bits import pack_bits
-    from qadwh_ray.core.search import HashIndex
-    from qadwh_ray.serving.shard import LoadedShard, search_loaded, search_many
-
-    rng = np.random.default_rng(1)
-    n = 900
-    ids = np.sort(rng.choice(50_000, n, replace=False)).astype(np.int64)
-    codes = pack_bits(rng.integers(0, 2, (n, nbits)))
-    labels = np.eye(10, dtype=np.uint8)[rng.integers(0, 10, n)]
-    index = HashIndex(nbits, device="cpu")
-    index.add(codes, ids, labels=labels)
-    data = LoadedShard("v1", 0, nbits, ids, codes, labels, None, index)
-    dwh = rng.uniform(0.1, 2.0, nbits)
-    queries = []
-    for j in range(40):
-        mode = ("qadwh", "dwh", "hamming")[j % 3]
-        w = rng.uniform(0.1, 2.0, nbits) if mode == "qadwh" else (dwh if mode == "dwh" else None)
-        queries.append((pack_bits(rng.integers(0, 2, (1, nbits)))[0], w, mode, int(rng.integers(1, 60)), 4 if j % 7 == 0 else None))
-    got = search_many(data, queries)
-    for (code, w, mode, k, radius), (d, i) in zip(queries, got):
-        wq = None if mode == "hamming" else (w[None, :] if mode == "qadwh" else w)
-        d1, i1 = search_loaded(data, code[None, :], wq, mode, k, radius)
-        assert i.tolist() == i1[0].tolist() and d.tolist() == d1[0].tolist()
 
 
 def test_short_searches_run_inline_long_ones_in_a_thread():

@@ -1,0 +1,207 @@
+"""From a parsed request to what the shards search: code, weights, mode, k, radius, filter.
+
+An image is decoded (its pixel count checked from the header first) and
+encoded by the encoder deployment with the model of the version being served;
+an item id is looked up in its home shard (as of the request's log position)
+and, in mode ``qadwh``, given the weights of its image, else of its labels'
+class rows, else the model's DWH vector; a code is parsed and, in mode
+``qadwh``, needs its own weights. Label filters name classes by id or by the
+names the version records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import OrderedDict
+from typing import Optional
+
+import numpy as np
+
+from qadwh_ray.core.filters import LabelFilter
+from qadwh_ray.core.live import LiveQuery
+from qadwh_ray.serving import api as api_mod
+from qadwh_ray.serving.errors import ApiError
+from qadwh_ray.serving.fanout import Backends, VersionGone
+
+__all__ = ["QueryResolver", "resolve_labels", "label_filter"]
+
+_IMAGE_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def resolve_labels(values: Optional[list], class_names: Optional[list], num_classes: Optional[int], field: str) -> tuple:
+    """Class ids from ids or names (names need the version's class names)."""
+    if not values:
+        return ()
+    if not num_classes:
+        raise ApiError(422, "invalid_labels", f"{field}: this index version has no classes to filter by")
+    out = []
+    for v in values:
+        if isinstance(v, bool):
+            raise ApiError(422, "invalid_labels", f"{field}: {v!r} is not a class id or name")
+        if isinstance(v, int):
+            if not 0 <= v < num_classes:
+                raise ApiError(422, "invalid_labels", f"{field}: class id {v} is outside 0..{num_classes - 1}")
+            out.append(v)
+            continue
+        if not class_names:
+            raise ApiError(422, "invalid_labels", f"{field}: this index version records no class names; use class ids 0..{num_classes - 1}")
+        try:
+            out.append(class_names.index(str(v)))
+        except ValueError:
+            shown = ", ".join(repr(n) for n in class_names[:12]) + (" ..." if len(class_names) > 12 else "")
+            raise ApiError(422, "invalid_labels", f"{field}: unknown class name {str(v)[:60]!r} (classes: {shown})") from None
+    return tuple(sorted(set(out)))
+
+
+def label_filter(q: api_mod.Query, st) -> LabelFilter:
+    """The query's filter in class ids of the version's labels (names read from the version)."""
+    num_classes = st.manifest.num_classes if st.manifest is not None else st.num_classes
+    return LabelFilter(
+        any_of=resolve_labels(q.labels_any, st.class_names, num_classes, "labels_any"),
+        all_of=resolve_labels(q.labels_all, st.class_names, num_classes, "labels_all"),
+    )
+
+
+class QueryResolver:
+    """Resolves queries against the active version ``st`` (an :class:`ActiveVersion`)."""
+
+    def __init__(self, backends: Backends, update_log, max_image_pixels: int, images_from_sources: bool, metrics: dict):
+        self.backends = backends
+        self.update_log = update_log
+        self.max_image_pixels = max_image_pixels
+        self.images_from_sources = images_from_sources
+        self.m = metrics
+        self._images: OrderedDict = OrderedDict()
+        self._image_bytes = 0
+
+    def clear(self) -> None:
+        """Forget cached item images (a new version is active)."""
+        self._images.clear()
+        self._image_bytes = 0
+
+    async def resolve(self, st, q: api_mod.Query, position: int, deadline: float, timings: dict) -> tuple[LiveQuery, dict]:
+        """``(the query for the shards, what the answer says about the query)``."""
+        nbits = st.code_bits
+        info: dict = {"kind": q.kind}
+        if q.radius is not None and q.radius > nbits:
+            raise ApiError(422, "invalid_radius", f"radius must be between 0 and {nbits} (the code length), got {q.radius}")
+        flt = label_filter(q, st)
+        weights = None
+        if q.kind == "image":
+            t = time.perf_counter()
+            px = await self.decode_upload(st, q.image)
+            timings["decode_ms"] = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            enc = await self.backends.encode(px, st.checkpoint, deadline)
+            timings["encode_ms"] = (time.perf_counter() - t) * 1e3
+            timings["encoder_batch_size"] = enc.get("batch_size")
+            if self.m:
+                self.m["encode"].observe(timings["encode_ms"])
+            code = enc["code"]
+            weights = np.asarray(enc["weights"], dtype=np.float64)
+            info["predicted_class"] = int(np.argmax(np.asarray(enc["probs"])))
+            if st.class_names:
+                info["predicted_label"] = st.class_names[info["predicted_class"]]
+        elif q.kind == "id":
+            item = await self.item(st, position, q.item_id, deadline)
+            code = item["code"]
+            info["id"] = q.item_id
+            if q.mode == "qadwh":
+                weights, info["weights_from"] = await self._item_weights(st, item, deadline)
+        else:
+            code = api_mod.parse_code(q.code_hex, nbits)
+            if q.mode == "qadwh":
+                if q.weights is None:
+                    raise ApiError(422, "invalid_weights", "a code query in mode qadwh needs 'weights' (one per bit); or use mode dwh or hamming")
+                weights = np.asarray(api_mod.parse_weights(q.weights, nbits), dtype=np.float64)
+        info["code"] = code.hex()
+        if q.mode == "dwh":
+            weights = np.asarray(st.dwh_weights, dtype=np.float64)
+        elif q.mode == "hamming":
+            weights = None
+        if q.debug:
+            timings["weights"] = None if weights is None else weights.reshape(-1).tolist()
+        if not flt.empty:
+            info["filter"] = {"labels_any": list(flt.any_of), "labels_all": list(flt.all_of)}
+        return LiveQuery(np.frombuffer(code, dtype=np.uint8), weights, q.mode, q.k, q.radius, flt), info
+
+    async def _item_weights(self, st, item: dict, deadline: float):
+        try:
+            px = await self.item_pixels(st, item)
+        except ApiError:
+            px = None
+        if px is not None:
+            enc = await self.backends.encode(px, st.checkpoint, deadline)
+            return np.asarray(enc["weights"], dtype=np.float64), "image"
+        if item.get("labels"):
+            return np.asarray(st.W[item["labels"]].mean(axis=0), dtype=np.float64), "labels"
+        return np.asarray(st.dwh_weights, dtype=np.float64), "dwh"
+
+    async def item(self, st, position: int, item_id: int, deadline: Optional[float] = None) -> dict:
+        """The item as of ``position`` from its home shard: code, labels, source, home shard."""
+        from qadwh_ray.index.format import shard_of_ids
+
+        if not 0 <= item_id < 2**63:
+            raise ApiError(404, "unknown_item", f"no item {item_id} in index version {st.version}")
+        home = int(shard_of_ids(np.asarray([item_id], dtype=np.int64), st.num_shards)[0])
+        r = await self.backends.call(f"shard-{home}", self.backends.shards[home].items, st.version, position, [item_id],
+                                     deadline=deadline)
+        if not r.get("ok"):
+            raise VersionGone(r.get("detail"))
+        item = r["items"][0]
+        if item is None:
+            raise ApiError(404, "unknown_item", f"no item {item_id} in index version {st.version} at log position {position}")
+        item["shard"] = home
+        return item
+
+    async def item_pixels(self, st, item: dict) -> np.ndarray:
+        """The item's image: from its source, or from the update log for an item put with an image."""
+        from qadwh_ray.serving.images import ImageUnavailable, item_pixels
+
+        if not self.images_from_sources:
+            raise ApiError(404, "no_image", "this service does not serve item images")
+        key = (st.version, item["id"], item.get("log_image"))
+        got = self._images.get(key)
+        if got is not None:
+            self._images.move_to_end(key)
+            return got
+        if item.get("from_log"):
+            if not item.get("log_image"):
+                raise ApiError(404, "no_image", f"item {item['id']} was put with a code, not an image")
+            raw = await asyncio.to_thread(self.update_log.read_image, item["log_image"])
+            px = await self.decode_upload(st, raw)
+        else:
+            try:
+                px = await asyncio.to_thread(item_pixels, st.manifest, item["id"], item.get("source"), st.image_mode, self.max_image_pixels)
+            except ImageUnavailable as exc:
+                raise ApiError(404, "no_image", str(exc)) from None
+        self._images[key] = px
+        self._image_bytes += px.nbytes
+        while self._image_bytes > _IMAGE_CACHE_BYTES and len(self._images) > 1:
+            _, old = self._images.popitem(last=False)
+            self._image_bytes -= old.nbytes
+        return px
+
+    async def decode_upload(self, st, data: bytes) -> np.ndarray:
+        if len(data) > 65536:  # large images decode off the event loop
+            return await asyncio.to_thread(self._decode, st, data)
+        return self._decode(st, data)
+
+    def _decode(self, st, data: bytes) -> np.ndarray:
+        from PIL import Image
+
+        from qadwh_ray.data.transforms import ImageDecodeError, decode_image
+        from qadwh_ray.serving.images import check_pixels
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 — PIL raises many types
+            raise ApiError(422, "invalid_image", "the uploaded file is not a decodable image (PNG, JPEG, GIF, BMP, WebP ...)") from None
+        check_pixels(w, h, self.max_image_pixels)
+        try:
+            return decode_image(data, mode=st.image_mode, source="upload")
+        except ImageDecodeError as exc:
+            raise ApiError(422, "invalid_image", str(exc)) from None
