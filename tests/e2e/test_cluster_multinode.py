@@ -239,14 +239,14 @@ def test_jobs_with_bad_arguments_fail_with_a_clear_message_and_publish_nothing(c
     index = cluster.get("index") or tmp_path / "index"
     store = IndexStore(str(index))
     current, versions = store.current_version(), sorted(store.list_versions())
-    ck12 = tmp_path / "m12.pt"
-    save_checkpoint(str(ck12), build_model(ModelConfig(nbits=12)))
+    ck16 = tmp_path / "m16.pt"
+    save_checkpoint(str(ck16), build_model(ModelConfig(nbits=16)))
     # an S3 endpoint nobody listens on: unreachable storage
     dead = f"AWS_ENDPOINT_URL=http://127.0.0.1:{free_port()} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_DEFAULT_REGION=us-east-1"
     cases = [
         ([f"python jobs/index.py --checkpoint {tmp_path / 'missing.pt'} --source fashion:query --out {index}"],
          "no checkpoint at"),
-        ([f"python jobs/index.py --checkpoint {ck12} --source fashion:query --out {index}"], "12-bit codes"),
+        ([f"python jobs/index.py --checkpoint {ck16} --data {tmp_path / 'nowhere'} --out {index}"], "no dataset at"),
         ([f"python jobs/nightly.py --checkpoint {tmp_path / 'missing'} --source fashion:query --out {index}"],
          "no checkpoint at"),
         ([f"env {dead} python jobs/train.py --set nbits=16 --storage s3://qadwh-nowhere/runs --name bad"],
