@@ -274,10 +274,9 @@ class Shard:
         """Reach ``position`` (one read of the log shared by every request waiting for it)."""
         while data.live.position < position:
             task = self._catching_up.get(data.version)
-            if task is None:
+            if task is None or task.done():  # a finished read (for a lower position) is replaced, never re-awaited
                 task = asyncio.get_running_loop().create_task(self._catch_up(data, position))
                 self._catching_up[data.version] = task
-                task.add_done_callback(lambda _t, v=data.version: self._catching_up.pop(v, None))
             await asyncio.shield(task)
 
     async def _catch_up(self, data: LoadedShard, position: Optional[int]) -> None:

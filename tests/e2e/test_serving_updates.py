@@ -9,6 +9,7 @@ change up to that position, read back from the log.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -429,3 +430,21 @@ def test_readme_client_example_runs_as_written(service, tmp_path, monkeypatch):
     assert scope["hits"].version == service["client"].index()["version"] and len(scope["hits"]) == 10
     assert all(set(h.label_names) & {"Sneaker", "Sandal"} for h in scope["hits"])
     assert scope["up"].op == "put" and len(scope["batch"].results) == 2
+
+
+def test_qadwh_search_command(service, capsys, monkeypatch):
+    """`qadwh search` answers through the client: a table, or the JSON answer with --json."""
+    from qadwh_ray.cli import main
+
+    monkeypatch.setenv("QADWH_SERVE_TOKEN", TOKEN)
+    item = int(service["fx"].ids[3])
+    assert main(["search", "--url", service["base"], "--item", str(item), "--k", "4", "--mode", "hamming", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = service["client"].search(item=item, k=4, mode="hamming")
+    assert [r["id"] for r in out["results"]] == want.ids and out["log_position"] >= 0
+    assert main(["search", "--url", service["base"], "--code", "00ff", "--mode", "hamming", "--labels-any", "Bag,Sneaker"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("version ") and len(table) == 2 + 10 and all(("Bag" in ln or "Sneaker" in ln) for ln in table[2:])
+    monkeypatch.delenv("QADWH_SERVE_TOKEN")
+    assert main(["search", "--url", service["base"], "--item", str(item)]) == 2  # no token: a clear error, exit 2
+    assert "401" in capsys.readouterr().err
