@@ -34,7 +34,10 @@ def train_local(
     checkpoint_uri: str | None = None,
     progress: bool = True,
     log=print,
+    epoch_end=None,
 ) -> TrainResult:
+    """Train ``cfg`` in this process. ``epoch_end(result, model, optimizer, scheduler)``, when given, runs
+    after every epoch's metrics row (e.g. to write a per-epoch checkpoint, as a Ray Train run does)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = data or load_training_data(cfg)
@@ -87,6 +90,8 @@ def train_local(
             )
         result.history.append(row)
         log("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if epoch_end is not None:
+            epoch_end(result, model, optimizer, scheduler)
         if cfg.max_steps and result.steps >= cfg.max_steps:
             break
     result.seconds = time.perf_counter() - start

@@ -2,9 +2,10 @@
 
 The bound floors every integer weight to a level ``min(W_k // unit, 15)``
 with ``unit = max(W) // 16 + 1`` and sums the levels of the differing bits;
-these tests recompute that from unpacked bits for every code length the index
-supports, check it never exceeds ``D // unit``, and run searches whose blocks
-hold full 64-item sub-blocks and remainders, against the numpy reference.
+these tests recompute that from unpacked bits for code lengths from 1 to 4096
+bits (padded to whole bytes), check it never exceeds ``D // unit``, and run
+searches whose blocks hold full 64-item sub-blocks and remainders, against the
+numpy reference.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from hypothesis import strategies as st
 
 from qadwh_ray.core import kernels
 from qadwh_ray.core import search as search_mod
+from qadwh_ray.core.bits import code_bytes, padding_mask
 from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
 
-NBITS = list(range(8, 137, 8))
+NBITS = list(range(8, 137, 8)) + [1, 5, 12, 20, 36, 63, 100, 1000, 4096]  # any length: padded to whole bytes
 WEIGHT_KINDS = ("zero", "equal", "ties", "spread", "wild", "sparse")
 
 
@@ -40,12 +42,17 @@ def make_weights(rng, kind, nq, nbits):
     return w
 
 
-def codes_for(rng, n, nbytes, tied):
-    if not tied:
-        return rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
-    base = rng.integers(0, 256, (3, nbytes), dtype=np.uint8)
-    flips = (rng.random((n, nbytes)) < 0.1) * rng.integers(0, 256, (n, nbytes))
-    return (base[rng.integers(0, 3, n)] ^ flips).astype(np.uint8)
+def codes_for(rng, n, nbits, tied):
+    """Random packed codes (``tied``: near-copies of 3 codes), padding bits 0."""
+    nbytes = code_bytes(nbits)
+    if tied:
+        base = rng.integers(0, 256, (3, nbytes), dtype=np.uint8)
+        flips = (rng.random((n, nbytes)) < 0.1) * rng.integers(0, 256, (n, nbytes))
+        codes = (base[rng.integers(0, 3, n)] ^ flips).astype(np.uint8)
+    else:
+        codes = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+    codes[:, -1] &= np.uint8(0xFF ^ padding_mask(nbits))
+    return codes
 
 
 def brute_levels(w_int):
@@ -64,10 +71,10 @@ def differing_bits(queries, codes):
        wkind=st.sampled_from(WEIGHT_KINDS), tied=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_block_bound_is_the_sum_of_floored_levels(nbits, n, start, wkind, tied, seed):
     rng = np.random.default_rng(seed)
-    nbytes = nbits // 8
+    nbytes = code_bytes(nbits)
     total = start + n
-    codes = codes_for(rng, total, nbytes, tied)
-    queries = codes_for(rng, 2, nbytes, tied)
+    codes = codes_for(rng, total, nbits, tied)
+    queries = codes_for(rng, 2, nbits, tied)
     w_int, _ = query_weights(make_weights(rng, wkind, 2, nbits), "qadwh", 2, nbits)
     masks, unit, bound_max = kernels.bound_masks(w_int, nbytes)
     want_unit, levels = brute_levels(w_int)
@@ -116,9 +123,9 @@ def sub_blocks(monkeypatch):
 def test_search_over_sub_blocks_equals_numpy_reference(sub_blocks, nbits, n, extra_k, mode, strategy, wkind, tied,
                                                        nq, threads, seed):
     rng = np.random.default_rng(seed)
-    codes = codes_for(rng, n, nbits // 8, tied)
+    codes = codes_for(rng, n, nbits, tied)
     ids = rng.choice(10**6, size=n, replace=False).astype(np.int64)
-    queries = np.concatenate([codes[rng.integers(0, n, nq - 1)], codes_for(rng, 1, nbits // 8, tied)])
+    queries = np.concatenate([codes[rng.integers(0, n, nq - 1)], codes_for(rng, 1, nbits, tied)])
     w = make_weights(rng, wkind, nq, nbits)
     weights = {"qadwh": w, "dwh": w[0], "hamming": None}[mode]
     k = 1 + extra_k % (n + 60)  # up to 60 more than the items
