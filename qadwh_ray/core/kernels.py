@@ -1,7 +1,7 @@
 """Compiled (numba) kernels behind :mod:`qadwh_ray.core.search`.
 
 Why numba: the exact weighted top-k must stream a million codes per query at
-about one nanosecond per code (FAISS ``IndexBinaryFlat`` speed). numpy cannot
+under a nanosecond per code (FAISS ``IndexBinaryFlat`` speed). numpy cannot
 fuse "XOR, popcount, compare with a threshold that tightens as the scan
 goes" into one pass without materialising n-sized temporaries, which costs
 several passes over memory and n-sized allocations per query. Every kernel
@@ -21,13 +21,29 @@ item costs ``nbytes`` bytes and nothing is padded or unpacked:
 * ``t8``   ``(n,)`` uint8  — the last byte when ``r`` is odd (else empty).
 
 Byte ``j`` of the packed code keeps its position ``j`` in that order, which is
-how the per-byte lookup tables (``256 * j + value``) are indexed.
+how the per-byte lookup tables (``256 * j + value``) are indexed. The planes
+present, in that order, are numbered ``0 .. nplanes-1`` (the bound masks are
+indexed by plane).
+
+The lower bound (the filter of the two-stage scan). With the query's integer
+weights ``W_k`` and a unit ``u = W_max // 16 + 1``, every weight is floored to
+a level ``l_k = min(W_k // u, 15)``; written in binary, ``l_k`` puts bit ``k``
+into up to four masks ``M_0 .. M_3``. For an item whose bits differ from the
+query's in the set ``x``,
+``B = sum_i 2**i * popcount(x & M_i) = sum_{k in x} l_k <= floor(D / u)``
+(a sum of floors is at most the floor of the sum), so the item can only beat
+the current k-th best distance ``top`` (``D <= top - 1``) if
+``B <= (top - 1) // u``. ``B`` costs four AND + POPCOUNT per 64-bit word and
+no table look-up, so it vectorises; it is tight because it keeps every
+weight to within ``u`` (a sixteenth of the largest), where a Hamming-count
+bound assumes every differing bit is the lightest one.
 
 Kernels work block by block (a few thousand items): one tight loop per plane
-fills a small buffer of Hamming (or weighted) distances, then a second loop
-selects. The layout branches are taken once per block, not once per item, and
-no helper that takes arrays is called per item (such calls cost more than the
-popcount itself).
+fills a small buffer of bounds (and the minimum of every 64-item sub-block),
+then only the sub-blocks whose minimum passes are looked at item by item, and
+only the items that pass get their exact distance. The layout branches are
+taken once per block, not once per item, and no helper that takes arrays is
+called per item (such calls cost more than the popcount itself).
 
 Distances inside the kernels are int64 sums of integer ("snapped") weights;
 see :mod:`qadwh_ray.core.search` for the definition. Top-k heaps are max-heaps
@@ -52,16 +68,34 @@ STRATEGY_AUTO = 0
 STRATEGY_TWO_STAGE = 1
 STRATEGY_EXHAUSTIVE = 2
 
+#: Largest level of a floored weight: four masks, levels 0..15 (the shifts in :func:`_level_sum`).
+LEVEL_MAX = 15
+#: Items per sub-block of the bound pass: one minimum per sub-block decides whether its items are looked at.
+SUB = 64
+#: Larger than any bound (bounds are int32 sums of at most nbits levels).
+_NO_BOUND = np.int32(2**31 - 1)
+
 _M = np.uint64(0xFF)
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
-_ONES = np.uint64(0x0101010101010101)
-_HIGH = np.uint64(0x8080808080808080)
 # Shifts and table offsets as uint64 constants: numba would turn mixed
 # signed/unsigned integer arithmetic into float64.
 _S1, _S2, _S3, _S4, _S5, _S6, _S7 = (np.uint64(8 * t) for t in range(1, 8))
 (_O1, _O2, _O3, _O4, _O5, _O6, _O7, _O8, _O9, _O10, _O11, _O12, _O13, _O14,
  _O15) = (np.uint64(256 * j) for j in range(1, 16))
+
+
+@intrinsic
+def trailing_zeros(typingctx, x):
+    """Index of the lowest set bit of a non-zero uint64 (LLVM ``cttz`` -> ``tzcnt``)."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        return builder.cttz(val, ir.Constant(ir.IntType(1), 1))
+
+    return types.int64(x), codegen
 
 
 @intrinsic
@@ -75,19 +109,6 @@ def popcount(typingctx, x):
         if val.type.width < 64:
             val = builder.zext(val, ir.IntType(64))
         return builder.ctpop(val)
-
-    return types.int64(x), codegen
-
-
-@intrinsic
-def trailing_zeros(typingctx, x):
-    """Index of the lowest set bit of a non-zero uint64 (LLVM ``cttz`` -> ``tzcnt``)."""
-    if not isinstance(x, types.Integer) or x.bitwidth != 64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        (val,) = args
-        return builder.cttz(val, ir.Constant(ir.IntType(1), 1))
 
     return types.int64(x), codegen
 
@@ -140,68 +161,6 @@ def _heap_sort(hd, hp, q, s, k):
 
 
 @njit(cache=True, nogil=True)
-def _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat):
-    """``hb[:b1-b0]`` (uint8) = Hamming distances of positions ``[b0, b1)`` to the query.
-
-    One loop per plane (the first assigns, the others add). With ``sat``
-    (codes of 128 bits or more) distances are capped at 127; shorter codes
-    never exceed 127. The buffer is padded with 127 up to a multiple of 8.
-    """
-    m = b1 - b0
-    first = True
-    for w in range(W.shape[0]):
-        x = W[w, b0:b1]
-        qv = qw[w]
-        if first:
-            for ii in range(m):
-                hb[ii] = popcount(x[ii] ^ qv)
-            first = False
-        elif sat:
-            for ii in range(m):
-                hb[ii] = min(np.int64(hb[ii]) + popcount(x[ii] ^ qv), 127)
-        else:
-            for ii in range(m):
-                hb[ii] += popcount(x[ii] ^ qv)
-    if h32:
-        x32 = t32[b0:b1]
-        if first:
-            for ii in range(m):
-                hb[ii] = popcount(x32[ii] ^ q32)
-            first = False
-        elif sat:
-            for ii in range(m):
-                hb[ii] = min(np.int64(hb[ii]) + popcount(x32[ii] ^ q32), 127)
-        else:
-            for ii in range(m):
-                hb[ii] += popcount(x32[ii] ^ q32)
-    if h16:
-        x16 = t16[b0:b1]
-        if first:
-            for ii in range(m):
-                hb[ii] = popcount(x16[ii] ^ q16)
-            first = False
-        elif sat:
-            for ii in range(m):
-                hb[ii] = min(np.int64(hb[ii]) + popcount(x16[ii] ^ q16), 127)
-        else:
-            for ii in range(m):
-                hb[ii] += popcount(x16[ii] ^ q16)
-    if h8:
-        x8 = t8[b0:b1]
-        if first:
-            for ii in range(m):
-                hb[ii] = popcount(x8[ii] ^ q8)
-        elif sat:
-            for ii in range(m):
-                hb[ii] = min(np.int64(hb[ii]) + popcount(x8[ii] ^ q8), 127)
-        else:
-            for ii in range(m):
-                hb[ii] += popcount(x8[ii] ^ q8)
-    for ii in range(m, (m + 7) & ~7):
-        hb[ii] = 127
-
-
-@njit(cache=True, nogil=True)
 def _block_hamming_exact(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb):
     """``hb[:b1-b0]`` (int32) = exact Hamming distances of positions ``[b0, b1)``."""
     m = b1 - b0
@@ -226,31 +185,112 @@ def _block_hamming_exact(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8
             hb[ii] += popcount(x8[ii] ^ q8)
 
 
-@njit(cache=True, nogil=True)
-def _select_below(hb, m, t, cand):
-    """Write to ``cand`` the indices ``i < m`` with ``hb[i] < t``; return their number.
+@njit(cache=True, nogil=True, inline="always")
+def _level_sum(v, m0, m1, m2, m3):
+    """The bound's share of one plane value ``v`` (query XOR item): ``sum_i 2**i * popcount(v & M_i)``."""
+    return np.int32(popcount(v & m0) + (popcount(v & m1) << 1) + (popcount(v & m2) << 2) + (popcount(v & m3) << 3))
 
-    Eight uint8 distances are tested per 64-bit word (every byte is at most
-    127, so ``(x | 0x80..) - t*0x01..`` cannot borrow across bytes and bit 7 of
-    a byte is clear exactly when that byte is below ``t``); the hits of a word
-    are then read off with ``tzcnt``.
+
+@njit(cache=True, nogil=True)
+def _bound_plane(x, b0, nsub, qv, mk, buf, mins, first, last):
+    """Add plane ``x``'s share of the bound of positions ``b0 + [0, SUB*nsub)`` to ``buf`` (``first``: assign).
+
+    With ``last`` (the last plane), also write the minimum of every sub-block
+    to ``mins``. Each sub-block is a fixed-length loop over slices, which
+    LLVM unrolls and vectorises (vector popcounts, no index wrap-around checks).
     """
-    if t <= 0:
-        return 0
-    if t >= 128:
-        for ii in range(m):
-            cand[ii] = ii
-        return m
-    words = hb.view(np.uint64)
-    tt = np.uint64(t) * _ONES
-    c = 0
-    for wi in range((m + 7) >> 3):
-        hits = (((words[wi] | _HIGH) - tt) & _HIGH) ^ _HIGH
-        while hits != _ZERO:
-            cand[c] = (wi << 3) + (trailing_zeros(hits) >> 3)
-            c += 1
-            hits &= hits - _ONE
-    return c
+    m0 = mk[0]
+    m1 = mk[1]
+    m2 = mk[2]
+    m3 = mk[3]
+    if last:
+        for g in range(nsub):
+            o = g * SUB
+            xs = x[b0 + o:b0 + o + SUB]
+            bs = buf[o:o + SUB]
+            lo = _NO_BOUND
+            if first:
+                for i in range(SUB):
+                    d = _level_sum(xs[i] ^ qv, m0, m1, m2, m3)
+                    bs[i] = d
+                    lo = min(lo, d)
+            else:
+                for i in range(SUB):
+                    d = bs[i] + _level_sum(xs[i] ^ qv, m0, m1, m2, m3)
+                    bs[i] = d
+                    lo = min(lo, d)
+            mins[g] = lo
+    elif first:
+        for g in range(nsub):
+            o = g * SUB
+            xs = x[b0 + o:b0 + o + SUB]
+            bs = buf[o:o + SUB]
+            for i in range(SUB):
+                bs[i] = _level_sum(xs[i] ^ qv, m0, m1, m2, m3)
+    else:
+        for g in range(nsub):
+            o = g * SUB
+            xs = x[b0 + o:b0 + o + SUB]
+            bs = buf[o:o + SUB]
+            for i in range(SUB):
+                bs[i] += _level_sum(xs[i] ^ qv, m0, m1, m2, m3)
+
+
+@njit(cache=True, nogil=True)
+def _bound_plane_tail(x, b0, count, qv, mk, bs, first):
+    """``bs[:count]`` (+)= plane ``x``'s share of the bound of positions ``[b0, b0 + count)`` (a short remainder)."""
+    m0 = mk[0]
+    m1 = mk[1]
+    m2 = mk[2]
+    m3 = mk[3]
+    xs = x[b0:b0 + count]
+    for i in range(count):
+        d = _level_sum(xs[i] ^ qv, m0, m1, m2, m3)
+        if first:
+            bs[i] = d
+        else:
+            bs[i] += d
+
+
+@njit(cache=True, nogil=True)
+def _block_bound(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, mk, buf, mins):
+    """``buf[:b1-b0]`` (int32) = lower bounds of positions ``[b0, b1)``; ``mins[g]`` = minimum of sub-block ``g``.
+
+    ``mk`` ``(nplanes, 4)`` holds the query's masks (module docstring).
+    Returns the number of sub-blocks (the last one may be shorter than SUB).
+    """
+    m = b1 - b0
+    nsub = m // SUB
+    full = nsub * SUB
+    rem = m - full
+    last = W.shape[0] + np.int64(h32) + np.int64(h16) + np.int64(h8) - 1
+    p = 0
+    for w in range(W.shape[0]):
+        _bound_plane(W[w], b0, nsub, qw[w], mk[p], buf, mins, p == 0, p == last)
+        if rem:
+            _bound_plane_tail(W[w], b0 + full, rem, qw[w], mk[p], buf[full:m], p == 0)
+        p += 1
+    if h32:
+        _bound_plane(t32, b0, nsub, q32, mk[p], buf, mins, p == 0, p == last)
+        if rem:
+            _bound_plane_tail(t32, b0 + full, rem, q32, mk[p], buf[full:m], p == 0)
+        p += 1
+    if h16:
+        _bound_plane(t16, b0, nsub, q16, mk[p], buf, mins, p == 0, p == last)
+        if rem:
+            _bound_plane_tail(t16, b0 + full, rem, q16, mk[p], buf[full:m], p == 0)
+        p += 1
+    if h8:
+        _bound_plane(t8, b0, nsub, q8, mk[p], buf, mins, p == 0, p == last)
+        if rem:
+            _bound_plane_tail(t8, b0 + full, rem, q8, mk[p], buf[full:m], p == 0)
+    if rem:
+        lo = buf[full]
+        for i in range(full + 1, m):
+            lo = min(lo, buf[i])
+        mins[nsub] = lo
+        return nsub + 1
+    return nsub
 
 
 @njit(cache=True, nogil=True)
@@ -324,39 +364,49 @@ def _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dc):
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, P, thr,
-                hd, hp, q, s, k, mode, hb, cand, dbuf, sat):
+def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, mk, unit, thr,
+                hd, hp, q, s, k, mode, buf, mins, cand, dbuf):
     """Scan database positions ``[b0, b1)`` for query ``q`` into heap ``(q, s)``.
 
-    ``mode`` 1: two-stage — Hamming distances first, then the weighted
-    distance only of items with ``h <= thr``. 2: exhaustive — the weighted
-    distance of every item. Returns ``(thr, number of weighted evaluations)``.
+    ``mode`` 1: two-stage — the lower bound of every item first (module
+    docstring), then the exact distance only of items with bound ``<= thr``.
+    2: exhaustive — the exact distance of every item. Returns ``(thr, number
+    of exact evaluations)``.
 
-    ``thr`` is the largest ``h`` with ``P[h] < top`` (or -1), ``top`` being
-    the current k-th best distance and ``P[h]`` the sum of the ``h`` smallest
-    weights, DESIGN.md §3's lower bound L(h): an item at Hamming distance
-    ``h`` has a weighted distance of at least ``P[h]``, and it can only enter
-    the heap with a distance *strictly* below ``top`` (items come in
-    increasing position, so a tie with the k-th best loses on position).
-    ``thr`` only shrinks as the scan goes.
+    ``thr`` is the largest bound an item can have and still matter: at most
+    ``(top - 1) // unit``, ``top`` being the current k-th best distance (items
+    come in increasing position, so one that ties the k-th best loses on
+    position and only a distance *strictly* below ``top`` enters the heap).
+    ``thr`` only shrinks as the scan goes; below 0 the heap is final.
 
-    Each mode runs one tight loop that fills a buffer, a second one that keeps
-    the few indices that can matter, and only those touch the heap: no call
-    sits in a per-item loop.
+    Each mode runs tight loops that fill buffers, a loop that keeps the few
+    indices that can matter, and only those touch the heap: no call sits in a
+    per-item loop.
     """
     m = b1 - b0
     top = hd[q, s, 0]
     if mode == 1:
-        _block_hamming(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat)
-        c = _select_below(hb, m, thr + 1, cand)
+        nsub = _block_bound(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, mk, buf, mins)
+        c = 0
+        t = np.int32(min(thr, _NO_BOUND))
+        for g in range(nsub):
+            if mins[g] <= t:
+                o = g * SUB
+                bs = buf[o:min(o + SUB, m)]
+                hits = _ZERO
+                for i in range(bs.shape[0]):
+                    hits |= np.uint64(bs[i] <= t) << np.uint64(i)
+                while hits != _ZERO:
+                    cand[c] = o + trailing_zeros(hits)
+                    c += 1
+                    hits &= hits - _ONE
         _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dbuf)
         for j in range(c):
             d = dbuf[j]
             if d < top:
                 _heap_replace_top(hd, hp, q, s, k, d, b0 + cand[j])
                 top = hd[q, s, 0]
-                while thr >= 0 and P[thr] >= top:
-                    thr -= 1
+                thr = min(thr, (top - 1) // unit)
         return thr, c
     _block_weighted(b0, b1, W, t32, t16, t8, h32, h16, h8, L, dbuf)
     c = 0
@@ -369,108 +419,45 @@ def _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, P, t
         if d < top:
             _heap_replace_top(hd, hp, q, s, k, d, b0 + cand[j])
             top = hd[q, s, 0]
-            while thr >= 0 and P[thr] >= top:
-                thr -= 1
+            thr = min(thr, (top - 1) // unit)
     return thr, m
 
 
 @njit(cache=True, nogil=True)
-def _warmup_threshold(start, stop, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, L, P, k,
-                      hb, cand, dbuf, sat, nchunks):
-    """An initial Hamming threshold from a sample, so the scan prunes from its first block.
-
-    Hamming distances of ``nchunks`` blocks spread over ``[start, stop)``
-    give the radius ``r`` holding ``k`` sampled items; the weighted distances
-    of (at most a few blocks' worth of) the sampled items within ``r`` give
-    ``D0``, the k-th smallest of them. These are real items, so the final k-th
-    best distance is ``<= D0``, and no item with ``P[h] > D0`` can be in the
-    top k: the returned threshold is the largest ``h`` with ``P[h] <= D0``
-    (``nbits`` when the range holds fewer than ``k`` items or nothing could
-    be bounded).
-    """
-    nbits = P.shape[0] - 1
-    block = cand.shape[0]
-    n = stop - start
-    if n <= block * nchunks or k > block:
-        return nbits
-    stride = n // nchunks
-    hist = np.zeros(128, dtype=np.int64)
-    for ci in range(nchunks):
-        b0 = start + ci * stride
-        _block_hamming(b0, b0 + block, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat)
-        for ii in range(block):
-            hist[hb[ii]] += 1
-    r = 0
-    acc = hist[0]
-    while acc < k and r < 126:
-        r += 1
-        acc += hist[r]
-    if acc < k:
-        return nbits
-    # Weighted distances of the sampled items within radius r (all of those
-    # below r, then those at r while room is left), then their k-th smallest.
-    room = 4 * block
-    vals = np.empty(room, dtype=np.int64)
-    nv = 0
-    for ci in range(nchunks):
-        if nv >= room:
-            break
-        b0 = start + ci * stride
-        _block_hamming(b0, b0 + block, W, t32, t16, t8, h32, h16, h8, qw, q32, q16, q8, hb, sat)
-        c = _select_below(hb, block, r + 1, cand)
-        c = min(c, room - nv)
-        _gather_weighted(b0, cand, c, W, t32, t16, t8, h32, h16, h8, L, dbuf)
-        for j in range(c):
-            vals[nv] = dbuf[j]
-            nv += 1
-    if nv < k:
-        return nbits
-    d0 = np.sort(vals[:nv])[k - 1]
-    thr = nbits
-    while thr >= 0 and P[thr] > d0:
-        thr -= 1
-    return thr
-
-
-@njit(cache=True, nogil=True)
-def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups,
-                strategy, block, warmup, hd, hp, stats):
+def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups,
+                strategy, block, hd, hp, stats):
     """Run one group of :func:`topk_serial` / :func:`topk_parallel` (see there)."""
-    nbits = prefix.shape[1] - 1
-    sat = nbits >= 128
     start = groups[g, 0]
     stop = groups[g, 1]
     q0 = groups[g, 2]
     q1 = groups[g, 3]
     s = groups[g, 4]
-    thr = np.full(q1 - q0, nbits, dtype=np.int64)
+    thr = bound_max[q0:q1].copy()
     skip = np.zeros(q1 - q0, dtype=np.int64)
-    hb = np.empty(block + 8, dtype=np.uint8)
+    buf = np.empty(block, dtype=np.int32)
+    mins = np.empty(block // SUB + 1, dtype=np.int32)
     cand = np.empty(block, dtype=np.int64)
     dbuf = np.empty(block, dtype=np.int64)
-    if warmup > 0 and strategy != STRATEGY_EXHAUSTIVE:
-        for q in range(q0, q1):
-            thr[q - q0] = _warmup_threshold(start, stop, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q],
-                                            qt8[q], lut[q], prefix[q], k, hb, cand, dbuf, sat, warmup)
     for b0 in range(start, stop, block):
         b1 = min(b0 + block, stop)
         for q in range(q0, q1):
             j = q - q0
             if thr[j] < 0:
+                stats[q, s, 3] += 1
                 continue  # k items at distance 0 already: the heap is final
             if strategy == STRATEGY_TWO_STAGE:
                 mode = 1
             elif strategy == STRATEGY_EXHAUSTIVE:
                 mode = 2
-            elif thr[j] >= nbits:
-                mode = 2  # the bound admits every distance: nothing to prune yet
+            elif thr[j] >= bound_max[q]:
+                mode = 2  # the bound admits every item: nothing to prune yet
             elif skip[j] > 0:
                 skip[j] -= 1
                 mode = 2
             else:
                 mode = 1
             t, evals = _scan_block(b0, b1, W, t32, t16, t8, h32, h16, h8, qw[q], qt32[q], qt16[q], qt8[q],
-                                   lut[q], prefix[q], thr[j], hd, hp, q, s, k, mode, hb, cand, dbuf, sat)
+                                   lut[q], masks[q], unit[q], thr[j], hd, hp, q, s, k, mode, buf, mins, cand, dbuf)
             thr[j] = t
             stats[q, s, 0] += evals
             if mode == 2:
@@ -487,45 +474,45 @@ def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, pref
 
 
 @njit(cache=True, nogil=True)
-def topk_serial(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups, nparts,
-                strategy, block, warmup):
+def topk_serial(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups, nparts,
+                strategy, block):
     """Exact top-k of every query over position ranges of the database, in one thread.
 
     ``qw, qt32, qt16, qt8``: the query planes, ``(nq, a)`` and ``(nq,)`` each
-    (zeros where the layout has no such plane). ``lut`` ``(nq, 256*nbytes)``
-    and ``prefix`` ``(nq, nbits+1)``: per-query lookup tables and lower bounds
-    (prefix sums of the sorted integer weights). ``groups`` is ``(G, 5)``
-    int64: ``start, stop`` (database positions), ``q0, q1`` (query range),
-    ``part`` (slot in the output). Each group scans its database range block
-    by block, every query of the group per block, so a block is read from
-    cache by all of them; ``warmup`` blocks spread over the range first give
-    each query an initial threshold (:func:`_warmup_threshold`; 0: none).
-    Returns ``hd, hp`` ``(nq, nparts, k)`` sorted
+    (zeros where the layout has no such plane). ``lut`` ``(nq, 256*nbytes)``:
+    per-query lookup tables; ``masks`` ``(nq, nplanes, 4)``, ``unit`` and
+    ``bound_max`` ``(nq,)``: the lower bound's masks, unit and largest value
+    (:func:`prepare_queries`). ``groups`` is ``(G, 5)`` int64: ``start,
+    stop`` (database positions), ``q0, q1`` (query range), ``part`` (slot in
+    the output). Each group scans its database range block by block
+    (``block`` items), every query of the group per block, so a block is read
+    from cache by all of them. Returns ``hd, hp`` ``(nq, nparts, k)`` sorted
     ascending by ``(distance, position)`` per part (position -1 and distance
-    ``SENTINEL`` pad missing entries) and ``stats`` ``(nq, nparts, 3)``:
-    weighted evaluations, two-stage blocks, exhaustive blocks.
+    ``SENTINEL`` pad missing entries) and ``stats`` ``(nq, nparts, 4)``:
+    exact evaluations, two-stage blocks, exhaustive blocks, blocks skipped
+    because the heap was final.
     """
     nq = qt8.shape[0]
     hd = np.full((nq, nparts, k), SENTINEL, dtype=np.int64)
     hp = np.full((nq, nparts, k), -1, dtype=np.int64)
-    stats = np.zeros((nq, nparts, 3), dtype=np.int64)
+    stats = np.zeros((nq, nparts, 4), dtype=np.int64)
     for g in range(groups.shape[0]):
-        _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups,
-                    strategy, block, warmup, hd, hp, stats)
+        _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups,
+                    strategy, block, hd, hp, stats)
     return hd, hp, stats
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def topk_parallel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups, nparts,
-                  strategy, block, warmup):
+def topk_parallel(W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups, nparts,
+                  strategy, block):
     """:func:`topk_serial` with the groups spread over numba's threads (groups write disjoint slots)."""
     nq = qt8.shape[0]
     hd = np.full((nq, nparts, k), SENTINEL, dtype=np.int64)
     hp = np.full((nq, nparts, k), -1, dtype=np.int64)
-    stats = np.zeros((nq, nparts, 3), dtype=np.int64)
+    stats = np.zeros((nq, nparts, 4), dtype=np.int64)
     for g in prange(groups.shape[0]):
-        _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, prefix, k, groups,
-                    strategy, block, warmup, hd, hp, stats)
+        _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, masks, unit, bound_max, k, groups,
+                    strategy, block, hd, hp, stats)
     return hd, hp, stats
 
 
@@ -551,15 +538,65 @@ def build_luts(qbytes, weights):
 
 
 @njit(cache=True, nogil=True)
+def _byte_plane(j, a, h32, h16):
+    """``(plane, bit offset in the plane)`` of byte ``j`` of a packed code (module docstring)."""
+    if j < 8 * a:
+        return j // 8, 8 * (j % 8)
+    o = 8 * a
+    p = a
+    if h32:
+        if j < o + 4:
+            return p, 8 * (j - o)
+        o += 4
+        p += 1
+    if h16:
+        if j < o + 2:
+            return p, 8 * (j - o)
+        p += 1
+    return p, 0
+
+
+@njit(cache=True, nogil=True)
+def bound_masks(w_int, nbytes):
+    """The lower bound of every query (module docstring) from its integer weights ``w_int`` ``(nq, nbits)``.
+
+    Returns ``(masks (nq, nplanes, 4) uint64, unit (nq,), bound_max (nq,))``:
+    bit ``b`` of ``masks[q, p, i]`` is set when bit ``i`` of the level of the
+    code bit stored at bit ``b`` of plane ``p`` is; ``bound_max`` is the sum
+    of the levels (the bound of an item that differs in every bit).
+    """
+    nq = w_int.shape[0]
+    a = nbytes // 8
+    r = nbytes - 8 * a
+    h32 = r >= 4
+    h16 = r % 4 >= 2
+    nplanes = a + np.int64(h32) + np.int64(h16) + np.int64(r % 2 == 1)
+    masks = np.zeros((nq, nplanes, 4), dtype=np.uint64)
+    unit = np.ones(nq, dtype=np.int64)
+    bound_max = np.zeros(nq, dtype=np.int64)
+    for q in range(nq):
+        u = w_int[q].max() // (LEVEL_MAX + 1) + 1
+        unit[q] = u
+        for j in range(nbytes):
+            p, base = _byte_plane(j, a, h32, h16)
+            for t in range(8):
+                level = min(w_int[q, 8 * j + t] // u, LEVEL_MAX)
+                bound_max[q] += level
+                for i in range(4):
+                    if (level >> i) & 1:
+                        masks[q, p, i] |= np.uint64(1) << np.uint64(base + t)
+    return masks, unit, bound_max
+
+
+@njit(cache=True, nogil=True)
 def prepare_queries(qbytes, weights, hamming, grid_bits, min_exp):
     """Everything a search needs per query, in one call (no per-query numpy overhead).
 
     ``weights`` ``(nq, nbits)`` float64, validated (finite, >= 0); ignored when
-    ``hamming`` (unit weights). Returns ``(w_int, exps, lut, prefix, qw, qt32,
-    qt16, qt8)``: the snapped integer weights and exponents (definition in
-    :mod:`qadwh_ray.core.search`), the lookup tables, the prefix sums of the
-    sorted integer weights (``prefix[q, h]`` = sum of the h smallest) and the
-    query planes.
+    ``hamming`` (unit weights). Returns ``(w_int, exps, lut, masks, unit,
+    bound_max, qw, qt32, qt16, qt8)``: the snapped integer weights and
+    exponents (definition in :mod:`qadwh_ray.core.search`), the lookup tables,
+    the lower bound (:func:`bound_masks`) and the query planes.
     """
     nq, nbytes = qbytes.shape
     nbits = 8 * nbytes
@@ -582,13 +619,7 @@ def prepare_queries(qbytes, weights, hamming, grid_bits, min_exp):
         for j in range(nbits):
             w_int[q, j] = np.int64(np.rint(math.ldexp(weights[q, j], -e)))
     lut = build_luts(qbytes, w_int)
-    prefix = np.zeros((nq, nbits + 1), dtype=np.int64)
-    for q in range(nq):
-        srt = np.sort(w_int[q])
-        acc = np.int64(0)
-        for h in range(nbits):
-            acc += srt[h]
-            prefix[q, h + 1] = acc
+    masks, unit, bound_max = bound_masks(w_int, nbytes)
     a = nbytes // 8
     r = nbytes - 8 * a
     qw = np.zeros((nq, a), dtype=np.uint64)
@@ -612,7 +643,7 @@ def prepare_queries(qbytes, weights, hamming, grid_bits, min_exp):
             o += 2
         if r % 2 == 1:
             qt8[q] = qbytes[q, o]
-    return w_int, exps, lut, prefix, qw, qt32, qt16, qt8
+    return w_int, exps, lut, masks, unit, bound_max, qw, qt32, qt16, qt8
 
 
 @njit(cache=True, nogil=True)

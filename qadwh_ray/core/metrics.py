@@ -158,6 +158,38 @@ def _ranked_relevance(distances, query_labels, db_labels, k, db_ids, chunk):
         yield np.take_along_axis(rel, cols, axis=1), rel.sum(axis=1)
 
 
+def average_precisions(
+    distances: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    top_k: int | None = None,
+    db_ids: np.ndarray | None = None,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """Average precision of each query's ranking by (distance, id), float64 ``(nq,)``.
+
+    For one query, ``AP@k = (1 / R_k) * sum_{i <= k} P@i * rel_i`` where ``R_k``
+    is the number of relevant items *in the top k* (the deep-hashing convention
+    of DPSH/HashNet's evaluation code), and AP is 0 when the top k holds no
+    relevant item. ``top_k=None`` ranks the whole database (AP@all); a
+    ``top_k`` larger than the database is the whole database. ``chunk`` queries
+    are ranked at a time (default: sized from the database to bound memory).
+    """
+    d = _check_distances(distances)
+    nq, n = d.shape
+    if nq == 0:
+        raise ValueError("no queries: MAP of an empty query set is undefined")
+    if n == 0:
+        raise ValueError("empty database: MAP is undefined")
+    k = n if top_k is None else min(_check_positive_int(top_k, "top_k"), n)
+    pos = np.arange(1, k + 1, dtype=np.float64)
+    out = []
+    for rel, _ in _ranked_relevance(d, query_labels, db_labels, k, db_ids, chunk):
+        cum = np.cumsum(rel, axis=1, dtype=np.float64)
+        out.append(_ap_rows((cum / pos) * rel, cum, k))
+    return np.concatenate(out)
+
+
 def mean_average_precision(
     distances: np.ndarray,
     query_labels: np.ndarray,
@@ -166,31 +198,8 @@ def mean_average_precision(
     db_ids: np.ndarray | None = None,
     chunk: int | None = None,
 ) -> float:
-    """MAP of the rankings by (distance, id).
-
-    For one query, ``AP@k = (1 / R_k) * sum_{i <= k} P@i * rel_i`` where ``R_k``
-    is the number of relevant items *in the top k* (the deep-hashing convention
-    of DPSH/HashNet's evaluation code), and AP is 0 when the top k holds no
-    relevant item. ``top_k=None`` ranks the whole database (MAP@all); a
-    ``top_k`` larger than the database is the whole database. ``chunk`` queries
-    are ranked at a time (default: sized from the database to bound memory).
-    """
-    d = _check_distances(distances)
-    n = d.shape[1]
-    k = n if top_k is None else min(_check_positive_int(top_k, "top_k"), n)
-    nq = d.shape[0]
-    if nq == 0:
-        raise ValueError("no queries: MAP of an empty query set is undefined")
-    if n == 0:
-        raise ValueError("empty database: MAP is undefined")
-    total = 0.0
-    pos = np.arange(1, k + 1, dtype=np.float64)
-    for rel, _ in _ranked_relevance(d, query_labels, db_labels, k, db_ids, chunk):
-        cum = np.cumsum(rel, axis=1, dtype=np.float64)
-        r_k = cum[:, -1]
-        s = ((cum / pos) * rel).sum(axis=1)
-        total += float(np.divide(s, r_k, out=np.zeros_like(s), where=r_k > 0).sum())
-    return total / nq
+    """MAP of the rankings by (distance, id): the mean of :func:`average_precisions`."""
+    return float(average_precisions(distances, query_labels, db_labels, top_k, db_ids, chunk).mean())
 
 
 def _check_ks(ks, n: int) -> np.ndarray:
@@ -257,11 +266,11 @@ def precision_recall_curve(
     return PRCurve(prec / nq, rec / nq, cutoffs)
 
 
-def _ap_sum(terms: np.ndarray, cum: np.ndarray, top: int) -> float:
-    """Sum over rows of AP@top from ``terms = P@i * rel_i`` and the cumulative relevant counts."""
+def _ap_rows(terms: np.ndarray, cum: np.ndarray, top: int) -> np.ndarray:
+    """AP@top of each row from ``terms = P@i * rel_i`` and the cumulative relevant counts."""
     r_k = cum[:, top - 1]
     s = terms[:, :top].sum(axis=1)
-    return float(np.divide(s, r_k, out=np.zeros_like(s), where=r_k > 0).sum())
+    return np.divide(s, r_k, out=np.zeros_like(s), where=r_k > 0)
 
 
 class RankingSummary(NamedTuple):
@@ -271,6 +280,7 @@ class RankingSummary(NamedTuple):
     map_at_k: float  # MAP@map_top_k
     precision_at: np.ndarray  # mean precision@k for each k of ``ks``
     pr: PRCurve
+    ap_all: np.ndarray  # (nq,) each query's AP@all: map_all is their mean
 
 
 def ranking_summary(
@@ -283,8 +293,8 @@ def ranking_summary(
     db_ids: np.ndarray | None = None,
     chunk: int | None = None,
 ) -> RankingSummary:
-    """MAP@all, MAP@``map_top_k``, precision@``ks`` and the PR curve from one full
-    sort per query chunk — the same numbers as :func:`mean_average_precision`,
+    """MAP@all (and each query's AP@all), MAP@``map_top_k``, precision@``ks`` and the
+    PR curve from one full sort per query chunk — the same numbers as :func:`average_precisions`,
     :func:`precision_at_k` and :func:`precision_recall_curve` called one by one
     (which sort again each time), at a fraction of the cost."""
     d = _check_distances(distances)
@@ -296,21 +306,23 @@ def ranking_summary(
     _check_positive_int(pr_points, "pr_points")
     cutoffs = np.unique(np.round(np.linspace(1, n, int(pr_points))).astype(np.int64))
     pos = np.arange(1, n + 1, dtype=np.float64)
-    map_all = map_k = 0.0
+    ap_all = []
+    map_k = 0.0
     pk = np.zeros(ks_arr.size)
     prec = np.zeros(cutoffs.size)
     rec = np.zeros(cutoffs.size)
     for rel, total_rel in _ranked_relevance(d, query_labels, db_labels, n, db_ids, chunk):
         cum = np.cumsum(rel, axis=1, dtype=np.float64)
         terms = (cum / pos) * rel
-        map_all += _ap_sum(terms, cum, n)
-        map_k += _ap_sum(terms, cum, kmap)
+        ap_all.append(_ap_rows(terms, cum, n))
+        map_k += float(_ap_rows(terms, cum, kmap).sum())
         pk += (cum[:, ks_arr - 1] / ks_arr).sum(axis=0)
         tp = cum[:, cutoffs - 1]
         prec += (tp / cutoffs).sum(axis=0)
         denom = total_rel.astype(np.float64)[:, None]
         rec += np.divide(tp, denom, out=np.zeros_like(tp), where=denom > 0).sum(axis=0)
-    return RankingSummary(map_all / nq, map_k / nq, pk / nq, PRCurve(prec / nq, rec / nq, cutoffs))
+    ap = np.concatenate(ap_all)
+    return RankingSummary(float(ap.mean()), map_k / nq, pk / nq, PRCurve(prec / nq, rec / nq, cutoffs), ap)
 
 
 # --------------------------------------------------------------------------- Hamming radius

@@ -49,17 +49,21 @@ a later item never wins a tie. Per query, a max-heap holds the k best
 ``(distance, position)`` pairs. Strategies:
 
 * ``"two_stage"`` — the paper's "Hamming first, then weighted re-rank" made
-  exact: a vectorised XOR + popcount pass over each block of codes, then the
-  weighted distance (per-byte lookup tables) only of items whose Hamming
-  distance ``h`` satisfies ``L(h) < `` the current k-th best distance, with
-  ``L(h)`` the sum of the ``h`` smallest weights (DESIGN.md §3). A small
-  sample gives the bound before the scan starts.
-* ``"exhaustive"`` — the weighted distance of every item through the per-byte
+  exact with a tighter filter: a vectorised pass over each block computes a
+  lower bound of every item's distance from the query's weights floored to
+  16 levels (four AND + POPCOUNT per 64-bit word, no table look-up; the
+  derivation is in :mod:`qadwh_ray.core.kernels`), and only items whose bound
+  can still beat the current k-th best distance get their exact distance
+  (per-byte lookup tables).
+* ``"exhaustive"`` — the exact distance of every item through the per-byte
   lookup tables.
 * ``"auto"`` (default) — per query and per block: exhaustive while the bound
-  cannot prune (it admits every Hamming distance) or after a block where the
+  cannot prune (the threshold admits every item) or after a block where the
   filter let more than 30% of the items through (for the next 7 blocks),
   two-stage otherwise.
+
+Once k items at distance 0 are found the heap is final and the rest of the
+scan is skipped (``SearchInfo.final_heap_blocks``).
 
 ``index.last_search`` reports what ran (:class:`SearchInfo`). With CUDA
 (``device="auto"`` and torch sees a GPU) the search runs as a float64 matrix
@@ -84,8 +88,6 @@ _STRATEGY_CODES = {"auto": 0, "two_stage": 1, "exhaustive": 2}
 
 #: Database positions per block of the CPU scan (a multiple of 8).
 BLOCK = 4096
-#: Blocks of the warm-up sample that sets the first threshold (two-stage / auto).
-WARMUP_BLOCKS = 4
 #: A single query is split over threads only for parts of at least this many items.
 MIN_PART = 1 << 16
 #: Codes converted to planes per step of add() (bounds its transient memory).
@@ -125,11 +127,11 @@ def _check_weights(weights, shape: tuple[int, ...], what: str) -> np.ndarray:
     if w.shape != shape:
         raise ValueError(f"{what} requires weights of shape {shape}, got {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
-    if not np.isfinite(w).all():
-        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(w))[0])
-        raise ValueError(f"weights must be finite, got {w[idx]} at index {idx}")
     if w.size:
-        lo, hi = float(w.min()), float(w.max())
+        lo, hi = float(w.min()), float(w.max())  # NaN and inf show in the extremes
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(w))[0])
+            raise ValueError(f"weights must be finite, got {w[idx]} at index {idx}")
         if lo < 0:
             idx = tuple(int(i) for i in np.argwhere(w < 0)[0])
             raise ValueError(f"weights must be non-negative, got {w[idx]} at index {idx}")
@@ -266,9 +268,11 @@ class SearchInfo:
     parts: int = 1
     #: weighted (lookup-table) distance evaluations, summed over queries
     weighted_evaluations: int = 0
-    #: blocks scanned two-stage (Hamming filter first) / exhaustively, summed over queries
+    #: blocks scanned two-stage (lower-bound filter first) / exhaustively, summed over queries
     two_stage_blocks: int = 0
     exhaustive_blocks: int = 0
+    #: blocks not scanned because k items at distance 0 were already found, summed over queries
+    final_heap_blocks: int = 0
     per_query_evaluations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
@@ -589,12 +593,11 @@ class HashIndex:
         from qadwh_ray.core import kernels
 
         threads = _thread_count(num_threads)
-        _, _, lut, prefix, qw, qt32, qt16, qt8 = prepared
+        _, _, lut, masks, unit, bound_max, qw, qt32, qt16, qt8 = prepared
         n, nq = self._n, qw.shape[0]
         groups, nparts = _plan(n, nq, threads)
-        warmup = WARMUP_BLOCKS if strategy != "exhaustive" else 0
-        args = (self._w, self._t32, self._t16, self._t8, *self._layout.flags(), qw, qt32, qt16, qt8, lut, prefix,
-                k, groups, nparts, _STRATEGY_CODES[strategy], BLOCK, warmup)
+        args = (self._w, self._t32, self._t16, self._t8, *self._layout.flags(), qw, qt32, qt16, qt8, lut, masks,
+                unit, bound_max, k, groups, nparts, _STRATEGY_CODES[strategy], BLOCK)
         if groups.shape[0] > 1 and threads > 1:
             import numba
 
@@ -610,10 +613,12 @@ class HashIndex:
             d, p = hd[:, 0, :], hp[:, 0, :]
         else:
             d, p = _merge_parts(hd.reshape(nq, -1), hp.reshape(nq, -1), k)
+        per_query = stats.sum(axis=1)
+        evals, two_stage, exhaustive, final = (int(x) for x in per_query.sum(axis=0))
         self.last_search = SearchInfo(
             mode=mode, strategy=strategy, device="cpu", threads=threads, parts=nparts,
-            weighted_evaluations=int(stats[:, :, 0].sum()), two_stage_blocks=int(stats[:, :, 1].sum()),
-            exhaustive_blocks=int(stats[:, :, 2].sum()), per_query_evaluations=stats[:, :, 0].sum(axis=1),
+            weighted_evaluations=evals, two_stage_blocks=two_stage, exhaustive_blocks=exhaustive,
+            final_heap_blocks=final, per_query_evaluations=per_query[:, 0],
         )
         return d, p
 

@@ -8,6 +8,8 @@ to ones. Three ways of turning it into bit weights:
 * :func:`query_adaptive_weights` (search, QaDWH, eq. 14): ``softmax(z_q) @ W``.
 * :func:`dwh_weights` (search, DWH ablation): one vector, the mean of the class rows.
 
+And :func:`asymmetric_query`: ADSQ's real-valued query as a code plus bit weights.
+
 torch is imported lazily, so numpy-only users (search, serving) do not pay for it.
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from qadwh_ray.core.bits import pack_bits
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -119,3 +123,19 @@ def clamp_nonnegative_(W: "torch.Tensor") -> "torch.Tensor":
     with torch.no_grad():
         W.clamp_(min=0)
     return W
+
+
+def asymmetric_query(query_real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ADSQ's asymmetric distance as a weighted Hamming distance: ``(codes, weights)``.
+
+    For a real query ``u`` and a database code ``s`` in ``{-1, +1}^q``,
+    ``-<u, s> = 2 * sum_k |u_k| [s_k != sign(u_k)] - sum_k |u_k|``: the weighted Hamming
+    distance between the query code ``1[u >= 0]`` and the item's code with weights
+    ``|u|``, times 2, minus a per-query constant. The ranking is the same, exactly,
+    and it is computed by the same kernels as QaDWH's (weights float64)."""
+    u = _to_numpy(query_real, "query_real").astype(np.float64)
+    if u.ndim != 2:
+        raise ValueError(f"query_real must be (n, nbits), got shape {u.shape}")
+    if not np.isfinite(u).all():
+        raise ValueError("query_real contains NaN or infinite values")
+    return pack_bits(u >= 0), np.abs(u)

@@ -17,7 +17,7 @@ import numpy as np
 
 from qadwh_ray import storage
 
-__all__ = ["Split", "paper_split", "multilabel_split", "validation_split", "class_split"]
+__all__ = ["Split", "paper_split", "multilabel_split", "validation_split", "class_split", "validation_protocol"]
 
 _FORMAT = "qadwh-split"
 _VERSION = 1
@@ -293,3 +293,61 @@ def class_split(
         protocol="per-class",
         params={"queries": queries, "train": train, "max_queries": max_queries, "max_train": max_train},
     ).validate()
+
+
+def validation_protocol(
+    split: Split, labels: np.ndarray, ids: np.ndarray | None = None, seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation queries and validation database for choosing settings, as sorted
+    arrays of the split's item ids ``(val_query, val_database)``.
+
+    Both come out of ``split.database``, so they are disjoint from the test queries
+    and from the training items by construction (and from each other); the
+    validation database is the rest of the database, so validation MAP is measured
+    the way test MAP is. There are as many validation queries as test queries:
+    for single-label data (class indices, or one label per row) the same number per
+    class as the test queries have, otherwise drawn at random. ``labels`` has a row
+    per item of ``ids`` (default: ids are the row numbers). ``seed`` defaults to the
+    split's; the draw uses its own stream, so it does not disturb the split's."""
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    if ids is None:
+        if split.n_items is not None and n != split.n_items:
+            raise ValueError(f"labels have {n} rows but the split was made for {split.n_items} items")
+        ids = np.arange(n, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have one entry per label row ({n}), got shape {ids.shape}")
+    order = np.argsort(ids, kind="stable")
+
+    def rows(part: np.ndarray) -> np.ndarray:  # label rows of a part's item ids
+        at = np.clip(np.searchsorted(ids, part, sorter=order), 0, n - 1)
+        r = order[at]
+        missing = part[ids[r] != part]
+        if missing.size:
+            raise ValueError(f"split item id {int(missing[0])} has no label row")
+        return r
+
+    db = split.database
+    if db.size <= split.query.size:
+        raise ValueError(
+            f"the database part ({db.size} items) is too small to hold {split.query.size} validation queries and a database"
+        )
+    rng = np.random.default_rng([split.seed if seed is None else int(seed), 0x5A1])
+    single = labels.ndim == 1 or (labels.ndim == 2 and (labels.sum(axis=1) == 1).all())
+    if single:
+        y = _class_indices(labels)
+        yq, ydb = y[rows(split.query)], y[rows(db)]
+        picked = []
+        for c in np.unique(yq):
+            want = int((yq == c).sum())
+            members = db[ydb == c]
+            if members.size <= want:
+                raise ValueError(
+                    f"class {int(c)} has {members.size} database items, needs more than {want} for validation queries"
+                )
+            picked.append(rng.permutation(members)[:want])
+        val_query = np.sort(np.concatenate(picked))
+    else:
+        val_query = np.sort(rng.permutation(db)[: split.query.size])
+    return val_query.astype(np.int64), np.setdiff1d(db, val_query).astype(np.int64)

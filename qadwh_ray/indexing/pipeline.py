@@ -339,9 +339,10 @@ def compact_shard(
 
 
 def _cluster_gpus() -> float:
-    import ray
+    """GPUs the encoders can count on: those an autoscaler can add too (a GPU group scaled to zero)."""
+    from qadwh_ray.capacity import cluster_capacity
 
-    return float(ray.cluster_resources().get("GPU", 0.0))
+    return cluster_capacity().reachable("GPU")
 
 
 def _ensure_ray(address: str | None = None) -> None:
@@ -413,6 +414,7 @@ def build_index(
     cfg = ModelConfig.from_dict(payload["model_config"])
     ckpt = _checkpoint_record(payload)
     del payload
+    cfg.require_searchable(f"checkpoint {checkpoint}")
 
     base = None
     if incremental:
@@ -463,7 +465,8 @@ def build_index(
 
     _ensure_ray(ray_address)
     gpus = _cluster_gpus()
-    use_gpu = gpus > 0 and opts.encoder_gpus != 0
+    # GPUs asked for explicitly are requested even where none exist yet: the actors wait for them
+    use_gpu = (opts.encoder_gpus or 0) > 0 or (opts.encoder_gpus is None and gpus > 0)
     num_gpus = (opts.encoder_gpus if opts.encoder_gpus else 1.0) if use_gpu else 0.0
     actors = opts.actors or (max(1, int(gpus)) if use_gpu else 2)
     threads = opts.threads or max(1, round(opts.encoder_cpus))

@@ -32,7 +32,7 @@ from qadwh_ray.index.store import IndexStore
 from qadwh_ray.indexing.pipeline import BuildOptions, BuildResult, IndexBuildError, _pause_before_publish, build_index
 from qadwh_ray.model.checkpoint import newest_checkpoint
 
-__all__ = ["CheckOptions", "CheckFailed", "newest_checkpoint", "load_queries", "map_of_index", "run_checks", "reindex"]
+__all__ = ["CheckOptions", "CheckFailed", "newest_checkpoint", "load_queries", "query_set", "map_of_index", "run_checks", "reindex"]
 
 
 class CheckFailed(IndexBuildError):
@@ -247,6 +247,13 @@ def _current_map(store: IndexStore, current: Manifest, key: dict, qimgs, qlabels
 # ---------------------------------------------------------------------- reindex
 
 
+def query_set(queries: str | None, source: str) -> str | None:
+    """The MAP check's query set: ``auto`` is the indexed dataset's own query part; None: no MAP check."""
+    if queries == "auto":  # augmented Fashion-MNIST: the real set's query part
+        return "fashion" if source.startswith("fashion-augmented") else source
+    return None if queries in (None, "", "none", "None") else queries
+
+
 def reindex(
     checkpoint: str | None,
     source: str,
@@ -282,12 +289,7 @@ def reindex(
     m = result.manifest
     expected = (current.num_items if incremental and current else 0) + result.rows_read - result.bad_rows
     expected += int((m.updates or {}).get("items_delta", 0))  # the update log folded in (indexing/fold.py)
-    query_spec = copts.queries
-    if query_spec == "auto":
-        # the dataset's own query part (augmented Fashion-MNIST: the real set's)
-        query_spec = "fashion" if source.startswith("fashion-augmented") else source
-    if query_spec in ("", "none", "None"):
-        query_spec = None
+    query_spec = query_set(copts.queries, source)
     try:
         figures = run_checks(
             store,

@@ -47,7 +47,7 @@ from qadwh_ray import storage
 # inside the functions that need it, so read/write task workers of sources that
 # need no decoding never load torch.
 
-__all__ = ["SourcePlan", "plan_source", "FASHION_PARTS", "AUGMENT_CHUNK", "fashion_augmented_images"]
+__all__ = ["SourcePlan", "plan_source", "dataset_of", "FASHION_PARTS", "AUGMENT_CHUNK", "fashion_augmented_images"]
 
 FASHION_PARTS = ("database", "query", "train", "all")
 AUGMENT_CHUNK = 1000  # augmentation is drawn per aligned chunk of item ids: independent of block boundaries
@@ -127,6 +127,14 @@ def _size2(size) -> tuple[int, int] | None:
     if np.isscalar(size):
         return (int(size), int(size))
     return (int(size[0]), int(size[1]))
+
+
+def dataset_of(spec: str) -> str:
+    """The dataset a source spec reads from: ``fashion:train`` and ``fashion-augmented:N`` are parts or
+    variants of ``fashion``; any other spec is the dataset itself (what a retrain trains on)."""
+    if spec.startswith(("fashion:", "fashion-augmented:")):
+        return "fashion"
+    return spec
 
 
 def plan_source(

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import yaml
 
 from qadwh_ray.core.bits import check_code_length
+from qadwh_ray.learning.methods import LEGACY_TRIPLET_FORMS, METHODS, Method, get_method
 from qadwh_ray.model.config import BACKBONES, CLASS_INPUTS, ModelConfig
 
-TRIPLET_FORMS = ("paper", "reference", "plain")
+SYMBOL_BITS = (1, 2, 4)  # DOH: K = 2, 4 or 16 scores per symbol
 LR_SCHEDULES = ("step", "cosine")
 TRIPLET_AVERAGES = ("all", "active")
 
@@ -36,10 +37,11 @@ class TrainConfig:
     image_size: int | None = None  # the model's input side; default: the data's own (first image's larger side)
     class_input: str = "features"  # features (the paper's two streams) | codes: the classifier reads h
     flip_average: bool = False  # encode as the mean over the image and its mirror (ModelConfig)
-    # objective: L = L_tri + λ L_cls (eq. 10, 11)
-    triplet_form: str = "paper"  # paper | reference | plain (NINH: W ≡ 1, frozen)
+    # the method trained (learning/methods.py): qadwh | qadwh-ref | ninh | ninh-paper | isdh | doh | adsq
+    method: str = "qadwh"
+    # triplet methods (qadwh, qadwh-ref, ninh, ninh-paper): L = L_tri + λ L_cls (eq. 10, 11)
     margin: float = 2.0
-    cls_weight: float = 1.0  # λ
+    cls_weight: float = 1.0  # λ, for the methods with a classification stream (qadwh, qadwh-ref, ninh)
     triplets: str = "all"  # all valid triplets of the (global) batch, or `sample`
     triplets_per_anchor: int = 16
     # all: L_tri is the mean over every mined triplet (NINH; satisfied ones count 0);
@@ -53,12 +55,16 @@ class TrainConfig:
     uniform_weight_share: float = 0.0
     # keep W ≡ 1 (frozen) for the first this many epochs: the codes first learn as NINH's
     # do, then W and the codes adapt together; 0 is the paper's joint training throughout.
-    # Allowed with triplet_form plain (W is frozen there anyway), so one config serves
-    # every method of the ablation
+    # Allowed with the methods that never train W (it is frozen there anyway), so one
+    # config serves every method of the comparison
     weight_warmup_epochs: int = 0
     # W's learning rate as a multiple of lr (same schedule): after a warm-up, W has only
     # the low end of the schedule left to move in (docs/results.md); 1 = one rate for all
     weight_lr_scale: float = 1.0
+    # ISDH and ADSQ: weight of the term pulling continuous outputs to ±1
+    quantization_weight: float = 0.1
+    # DOH: bits per ordinal symbol; each symbol is the argmax of 2**symbol_bits scores
+    symbol_bits: int = 2
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -93,8 +99,7 @@ class TrainConfig:
             raise ValueError(f"flip_average must be true or false, got {self.flip_average!r}")
         if self.class_input not in CLASS_INPUTS:
             raise ValueError(f"unknown class_input {self.class_input!r}; choose one of {', '.join(CLASS_INPUTS)}")
-        if self.triplet_form not in TRIPLET_FORMS:
-            raise ValueError(f"unknown triplet_form {self.triplet_form!r}; choose one of {', '.join(TRIPLET_FORMS)}")
+        spec = get_method(self.method)
         if self.triplets not in ("all", "sample"):
             raise ValueError(f"triplets must be 'all' or 'sample', got {self.triplets!r}")
         if self.triplet_average not in TRIPLET_AVERAGES:
@@ -118,8 +123,8 @@ class TrainConfig:
             raise ValueError("erase_probability needs augment: true (erasing is part of the training augmentation)")
         if not 0 <= self.uniform_weight_share <= 1:
             raise ValueError(f"uniform_weight_share must be in [0, 1], got {self.uniform_weight_share}")
-        if self.uniform_weight_share and self.triplet_form == "plain":
-            raise ValueError("uniform_weight_share applies to the weighted forms; triplet_form plain has no weights to mix")
+        if self.uniform_weight_share and not spec.learns_weights:
+            raise ValueError(f"uniform_weight_share applies to the weighted methods; method {self.method} has no weights to mix")
         if isinstance(self.weight_warmup_epochs, bool) or not isinstance(self.weight_warmup_epochs, int) \
                 or not 0 <= self.weight_warmup_epochs < self.epochs:
             raise ValueError(
@@ -140,6 +145,22 @@ class TrainConfig:
                 raise ValueError("set CPUs and GPUs with cpus_per_worker and use_gpu, not worker_resources")
         if self.cls_weight < 0 or self.weight_decay < 0:
             raise ValueError("cls_weight and weight_decay must be non-negative")
+        if spec.class_stream and self.cls_weight == 0:
+            raise ValueError(
+                f"cls_weight 0 removes the classification stream that method {self.method} trains; NINH without it "
+                "is method ninh-paper (qadwh and qadwh-ref need it for their query weights)"
+            )
+        if self.quantization_weight < 0:
+            raise ValueError(f"quantization_weight must be non-negative, got {self.quantization_weight}")
+        if self.method == "doh":
+            if self.symbol_bits not in SYMBOL_BITS:
+                raise ValueError(f"symbol_bits must be one of {SYMBOL_BITS}, got {self.symbol_bits!r}")
+            if self.nbits % self.symbol_bits:
+                raise ValueError(f"nbits={self.nbits} must be a whole number of {self.symbol_bits}-bit DOH symbols")
+
+    @property
+    def method_spec(self) -> Method:
+        return METHODS[self.method]
 
     @property
     def batch_size(self) -> int:
@@ -148,20 +169,22 @@ class TrainConfig:
     def model_config(self, info, image_size: int, normalisation: tuple[list, list] | None = None) -> ModelConfig:
         """The network for this config on a dataset (a :class:`~qadwh_ray.data.catalog.DatasetInfo`):
         classes and channels come from the data; ``normalisation`` (per-channel mean, std) from its
-        training images (None: the built-in Fashion-MNIST statistics)."""
+        training images (None: the built-in Fashion-MNIST statistics); the architecture from the method."""
         extra = {}
         if normalisation is not None:
             extra = {"mean": tuple(normalisation[0]), "std": tuple(normalisation[1])}
+        arch = self.method_spec.architecture
         return ModelConfig(backbone=self.backbone, nbits=self.nbits, num_classes=info.num_classes,
                            in_channels=info.in_channels, image_size=int(image_size), class_input=self.class_input,
-                           flip_average=self.flip_average, **extra)
+                           flip_average=self.flip_average, architecture=arch,
+                           symbol_bits=self.symbol_bits if arch == "ordinal" else 1, **extra)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "TrainConfig":
-        data = dict(data or {})
+        data = _migrate(dict(data or {}))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -170,6 +193,20 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _migrate(data: dict) -> dict:
+    """Read the former ``triplet_form`` key as the method it named (old configs and checkpoints)."""
+    if "triplet_form" not in data:
+        return data
+    form = data.pop("triplet_form")
+    if form not in LEGACY_TRIPLET_FORMS:
+        raise ValueError(f"unknown triplet_form {form!r} (now `method`; choose one of {', '.join(METHODS)})")
+    method = LEGACY_TRIPLET_FORMS[form]
+    if data.get("method", method) != method:
+        raise ValueError(f"triplet_form {form!r} (method {method}) contradicts method {data['method']!r}; keep only method")
+    data["method"] = method
+    return data
 
 
 def _coerce(name: str, text: str, annotation) -> object:
@@ -194,6 +231,9 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key, text = pair.split("=", 1)
         key = key.strip()
+        if key == "triplet_form":  # the former key: the method it named
+            out.update(_migrate({key: text.strip(), **({"method": out["method"]} if "method" in out else {})}))
+            continue
         if key not in hints:
             raise ValueError(f"unknown config key {key!r} in --set {pair}")
         out[key] = _coerce(key, text, hints[key])
@@ -212,5 +252,6 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise FileNotFoundError(f"config file not found: {path}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a YAML mapping of config keys")
+    data = _migrate(data)  # so a --set method=... override replaces a file's old triplet_form
     data.update(parse_overrides(overrides))
     return TrainConfig.from_dict(data)

@@ -3,8 +3,13 @@
 Any dataset URI (:mod:`qadwh_ray.data.catalog`) with a seeded split: the
 paper's protocol on the built-in sets (DESIGN.md §4), its per-class
 generalisation (:func:`~qadwh_ray.data.split.class_split`) on any other
-collection, or a saved ``split.json``. Validation images are held out of the
-training images, never taken from the query set.
+collection, or a saved ``split.json``. Two kinds of validation, neither touching
+the test queries: ``val_fraction`` holds training images out for the per-epoch
+validation MAP of a run, and ``evaluate_on="validation"`` swaps the queries and
+the database for the validation queries and database of
+:func:`~qadwh_ray.data.split.validation_protocol` (drawn from the database part),
+on which settings are chosen; the test queries are scored once per final setting
+(``evaluate_on="test"``).
 
 Pixels are read lazily (:mod:`qadwh_ray.data.readers`) at the model's input
 size the first time a part's images are asked for, so Ray Train — which reads
@@ -21,11 +26,12 @@ import numpy as np
 
 from qadwh_ray.data.catalog import Catalog, DatasetInfo, open_catalog
 from qadwh_ray.data.readers import read_images
-from qadwh_ray.data.split import Split, class_split, paper_split, validation_split
+from qadwh_ray.data.split import Split, class_split, paper_split, validation_protocol, validation_split
 
 __all__ = ["RetrievalData", "load_retrieval_data", "load_training_data", "dataset_split", "default_image_size"]
 
 _STATS_SAMPLE = 1000  # training images the normalisation statistics are taken from
+EVALUATION_SETS = ("validation", "test")
 
 
 def dataset_split(cat: Catalog, seed: int = 0) -> Split:
@@ -55,6 +61,7 @@ class RetrievalData:
     val_pos: np.ndarray
     query_pos: np.ndarray
     db_pos: np.ndarray
+    evaluated_on: str = "test"  # which queries and database query_pos / db_pos are: "test" or "validation"
 
     @property
     def name(self) -> str:
@@ -107,7 +114,8 @@ class RetrievalData:
     def summary(self) -> str:
         return (
             f"{self.info.summary()}\n  split: train {len(self.train_pos)}, val {len(self.val_pos)}, "
-            f"queries {len(self.query_pos)}, database {len(self.db_pos)} (split seed {self.split.seed}, "
+            f"{self.evaluated_on} queries {len(self.query_pos)}, {self.evaluated_on} database {len(self.db_pos)} "
+            f"(split seed {self.split.seed}, "
             f"{self.split.protocol}); model input {self.image_size}x{self.image_size}"
         )
 
@@ -120,11 +128,18 @@ def load_retrieval_data(
     image_size: int | None = None,
     split_uri: str | None = None,
     catalog: Catalog | None = None,
+    evaluate_on: str = "test",
 ) -> RetrievalData:
     """A dataset URI (or built-in name) with its split: ``split_uri`` (a saved ``split.json``) or the
-    seeded default; ``image_size``: the model's input side (default: the data's own)."""
+    seeded default; ``image_size``: the model's input side (default: the data's own); ``evaluate_on``:
+    whose queries and database to rank, the test split's or the validation protocol's."""
+    if evaluate_on not in EVALUATION_SETS:
+        raise ValueError(f"evaluate_on must be one of {', '.join(EVALUATION_SETS)}, got {evaluate_on!r}")
     cat = catalog or open_catalog(dataset, split_seed=split_seed)
     split = Split.load(split_uri) if split_uri else dataset_split(cat, split_seed)
+    query, database = split.query, split.database
+    if evaluate_on == "validation":
+        query, database = validation_protocol(split, cat.labels, cat.ids)
     train = cat.positions(split.train, what="split part 'train'")
     strata = None if cat.info.multi_label else cat.labels.argmax(axis=1)
     if val_fraction > 0:
@@ -137,8 +152,9 @@ def load_retrieval_data(
         image_size=int(image_size or default_image_size(cat.info)),
         train_pos=train,
         val_pos=val,
-        query_pos=cat.positions(split.query, what="split part 'query'"),
-        db_pos=cat.positions(split.database, what="split part 'database'"),
+        query_pos=cat.positions(query, what=f"{evaluate_on} queries"),
+        db_pos=cat.positions(database, what=f"{evaluate_on} database"),
+        evaluated_on=evaluate_on,
     )
 
 

@@ -1,8 +1,10 @@
 """Write what was ranked as Parquet so every reported number can be recomputed.
 
-Per ranking: ``queries.parquet`` (id, code, labels, qadwh_weights, dwh_weights)
-and ``database.parquet`` (id, code, labels); codes are packed little-endian
-fixed-size binaries, exactly what the search engine ranks.
+Per ranking: ``queries.parquet`` (id, code, labels, the weights of a weighted
+ranking, and ``ap``: the query's average precision over the whole database) and
+``database.parquet`` (id, code, labels); codes are packed little-endian
+fixed-size binaries, exactly what the search engine ranks. Every MAP and every
+paired difference of a report is recomputable from these files alone.
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ def slug(method: str) -> str:
 
 def export_ranking(
     r: Ranking, query_ids: np.ndarray, query_labels: np.ndarray, db_ids: np.ndarray, db_labels: np.ndarray,
-    out_dir: str,
+    out_dir: str, ap: np.ndarray | None = None,
 ) -> str:
     folder = storage.join(out_dir, f"{slug(r.method)}-{r.nbits}")
     q = {"id": pa.array(query_ids, pa.int64()), "code": _codes(r.query_codes), "labels": _matrix(query_labels, pa.uint8())}
     if r.query_weights is not None:
         w = r.query_weights if r.query_weights.ndim == 2 else np.broadcast_to(r.query_weights, (len(r.query_codes), r.nbits))
         q["weights"] = _matrix(np.ascontiguousarray(w, dtype=np.float64), pa.float64())
+    if ap is not None:
+        q["ap"] = pa.array(np.asarray(ap, dtype=np.float64), pa.float64())
     tables = {
-        "queries.parquet": pa.table(q, metadata={"method": r.method, "nbits": str(r.nbits), "bit_order": "little"}),
+        "queries.parquet": pa.table(q, metadata={"method": r.method, "nbits": str(r.nbits), "bit_order": "little",
+                                                 "symbol_bits": str(r.symbol_bits)}),
         "database.parquet": pa.table(
             {"id": pa.array(db_ids, pa.int64()), "code": _codes(r.db_codes), "labels": _matrix(db_labels, pa.uint8())}
         ),

@@ -15,12 +15,12 @@ from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import save_checkpoint
-from qadwh_ray.model.network import HashingNetwork, build_model
+from qadwh_ray.model.network import build_model
 
 
 @dataclass
 class TrainResult:
-    model: HashingNetwork
+    model: torch.nn.Module
     config: TrainConfig
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -34,7 +34,10 @@ def train_local(
     checkpoint_uri: str | None = None,
     progress: bool = True,
     log=print,
+    epoch_end=None,
 ) -> TrainResult:
+    """Train ``cfg`` in this process. ``epoch_end(result, model, optimizer, scheduler)``, when given, runs
+    after every epoch's metrics row (e.g. to write a per-epoch checkpoint, as a Ray Train run does)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = data or load_training_data(cfg)
@@ -83,10 +86,12 @@ def train_local(
         if len(data.val_images):
             row["val_map"] = validation_map(
                 model, data.val_images, data.val_labels, data.train_images, data.train_labels,
-                weighted=cfg.triplet_form != "plain",
+                method=cfg.method,
             )
         result.history.append(row)
         log("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if epoch_end is not None:
+            epoch_end(result, model, optimizer, scheduler)
         if cfg.max_steps and result.steps >= cfg.max_steps:
             break
     result.seconds = time.perf_counter() - start

@@ -6,16 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qadwh_ray.core.bits import pad_weights
-from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
 from qadwh_ray.core.metrics import mean_average_precision
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.objective import Gather, LossParts, batch_objective, project_weights_
-from qadwh_ray.model.encode import encode
-from qadwh_ray.model.network import HashingNetwork
 
 
-def unwrap(model: torch.nn.Module) -> HashingNetwork:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
@@ -23,12 +19,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     """W gets no weight decay (its scale is fixed by the projection, not by decay) and
     its own rate, ``lr × weight_lr_scale``; the schedule scales both groups alike."""
     net = unwrap(model)
-    if cfg.triplet_form == "plain":
-        net.W.requires_grad_(False)  # NINH: every bit weighs 1, frozen
+    W = getattr(net, "W", None)  # the two-stream network's class-wise bit weights
+    if W is not None and not cfg.method_spec.learns_weights:
+        W.requires_grad_(False)  # NINH, ISDH: every bit weighs 1, frozen
     decayed = [p for name, p in net.named_parameters() if p.requires_grad and name != "W"]
     groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
-    if net.W.requires_grad:
-        groups.append({"params": [net.W], "weight_decay": 0.0, "lr": cfg.lr * cfg.weight_lr_scale})
+    if W is not None and W.requires_grad:
+        groups.append({"params": [W], "weight_decay": 0.0, "lr": cfg.lr * cfg.weight_lr_scale})
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -60,15 +57,17 @@ def train_step(
     optimiser leaves it at its initial 1s and the loss is NINH's. Required,
     not defaulted: a caller that forgot it would freeze W for good."""
     model.train()
-    out = model(x)
-    W = unwrap(model).W
+    spec = cfg.method_spec
+    # ADSQ's LabelNet reads the labels inside the one forward, so DDP sees all its parameters used
+    out = model(x, labels) if spec.architecture == "asymmetric" else model(x)
+    W = getattr(unwrap(model), "W", None)
     parts = batch_objective(out, labels, W, cfg, rng, gather)
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
-    if epoch < cfg.weight_warmup_epochs:
+    if W is not None and epoch < cfg.weight_warmup_epochs:
         W.grad = None  # the optimisers skip a parameter without a gradient
     optimizer.step()
-    if cfg.triplet_form != "plain":
+    if spec.learns_weights:
         project_weights_(W, cfg.weight_norm)
     return parts
 
@@ -79,19 +78,16 @@ def validation_map(
     query_labels: np.ndarray,
     db_images: np.ndarray,
     db_labels: np.ndarray,
-    weighted: bool = True,
+    method: str,
 ) -> float:
-    """MAP of held-out training images against the rest of the training set.
+    """MAP of held-out training images against the rest of the training set, ranked as
+    ``method``'s evaluation ranks (its main ranking).
 
     Encoded without flip averaging even where the model's config asks for it:
     this is a per-epoch screen, and averaging would double its cost."""
-    net = unwrap(model)
-    q = encode(net, query_images, flip_average=False)
-    d = encode(net, db_images, flip_average=False)
-    if weighted:
-        # a code length that is not whole bytes (12 bits) pads with zero bits: weight 0
-        w = pad_weights(q.qadwh_weights.astype(np.float64), q.codes.shape[1])
-        dist = weighted_hamming_distances(q.codes, d.codes, w)
-    else:
-        dist = hamming_distances(q.codes, d.codes)
+    from qadwh_ray.learning.evaluate import distances_for
+    from qadwh_ray.learning.rankings import main_ranking
+
+    r = main_ranking(method, unwrap(model), query_images, db_images, flip_average=False)
+    dist = distances_for(r, slice(0, len(query_images)))
     return float(mean_average_precision(dist, query_labels, db_labels))

@@ -100,3 +100,41 @@ def build_backbone(name: str, in_channels: int = 1, pretrained: str | None = Non
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of compact, resnet18, resnet50, vgg19")
     return (_RepeatGray(net) if in_channels == 1 else net), dim
+
+
+# --------------------------------------------------------------------------- spatial view (DOH's local stream)
+
+FEATURE_MAP_CHANNELS = {"compact": 128, "resnet18": 512, "resnet50": 2048, "vgg19": 512}
+
+
+def _compact_pool_index(net: CompactCNN) -> int:
+    return next(i for i, m in enumerate(net.body) if isinstance(m, nn.AdaptiveAvgPool2d))
+
+
+def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last convolutional feature map ``(n, C, h, w)`` of a backbone from :func:`build_backbone`
+    (the same modules and weights; :func:`pool_features` of it is the backbone's output)."""
+    if isinstance(backbone, _RepeatGray):
+        return feature_map(backbone.inner, x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+    if isinstance(backbone, CompactCNN):
+        return backbone.body[: _compact_pool_index(backbone)](x)
+    if isinstance(backbone, _VGGFc7):
+        return backbone.features(x)
+    if isinstance(backbone, models.ResNet):
+        r = backbone
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        return r.layer4(r.layer3(r.layer2(r.layer1(x))))
+    raise TypeError(f"no spatial view of a {type(backbone).__name__} backbone")
+
+
+def pool_features(backbone: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    """The backbone's feature vector from its :func:`feature_map`."""
+    if isinstance(backbone, _RepeatGray):
+        return pool_features(backbone.inner, fmap)
+    if isinstance(backbone, CompactCNN):
+        return backbone.body[_compact_pool_index(backbone) :](fmap)
+    if isinstance(backbone, _VGGFc7):
+        return backbone.fc67(torch.flatten(backbone.avgpool(fmap), 1))
+    if isinstance(backbone, models.ResNet):
+        return backbone.fc(torch.flatten(backbone.avgpool(fmap), 1))
+    raise TypeError(f"no spatial view of a {type(backbone).__name__} backbone")

@@ -9,6 +9,10 @@ from qadwh_ray.core.bits import check_code_length
 
 BACKBONES = ("compact", "resnet18", "resnet50", "vgg19")
 CLASS_INPUTS = ("features", "codes")
+# two-stream: QaDWH's hash + classification streams with W (also NINH, ISDH);
+# ordinal: DOH's ranking-based codes over global and spatially attended local features;
+# asymmetric: ADSQ's query and database networks plus its LabelNet
+ARCHITECTURES = ("two-stream", "ordinal", "asymmetric")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class ModelConfig:
     # Normalisation applied by encode(); stored so a checkpoint encodes raw pixels on its own.
     mean: float | tuple[float, ...] = 0.2860  # one value, or one per channel
     std: float | tuple[float, ...] = 0.3530
+    architecture: str = "two-stream"
+    # ordinal only: each code symbol is the argmax of 2**symbol_bits scores, stored in symbol_bits bits
+    symbol_bits: int = 1
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -52,6 +59,23 @@ class ModelConfig:
                 raise ValueError(f"{name} has {len(value)} values for {self.in_channels} channel(s)")
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if isinstance(self.symbol_bits, bool) or not isinstance(self.symbol_bits, int) or self.symbol_bits < 1:
+            raise ValueError(f"symbol_bits must be a positive integer, got {self.symbol_bits!r}")
+        if self.architecture != "ordinal" and self.symbol_bits != 1:
+            raise ValueError(f"symbol_bits applies to the ordinal architecture only, got {self.symbol_bits} for {self.architecture}")
+        if self.nbits % self.symbol_bits:
+            raise ValueError(f"nbits={self.nbits} must be a whole number of {self.symbol_bits}-bit ordinal symbols")
+
+    def require_searchable(self, source: str) -> None:
+        """Refuse, naming ``source``, a model whose codes the weighted-Hamming index and service
+        cannot rank: DOH's ordinal codes and ADSQ's asymmetric distance are evaluated offline only."""
+        if self.architecture != "two-stream":
+            raise ValueError(
+                f"{source} holds a {self.architecture} model, whose codes the weighted-Hamming index cannot rank; "
+                "index and serve a two-stream model (methods qadwh, qadwh-ref, ninh, ninh-paper, isdh)"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

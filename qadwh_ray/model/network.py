@@ -19,8 +19,8 @@ from qadwh_ray.model.config import ModelConfig
 
 class HashOutput(NamedTuple):
     features: torch.Tensor  # (n, d) penultimate features (LSH/ITQ baselines use them)
-    h: torch.Tensor  # (n, q) sigmoid activations; code = h >= 0.5
-    logits: torch.Tensor  # (n, c)
+    h: torch.Tensor  # (n, q) sigmoid activations; code = h >= 0.5 (the ordinal network: per-symbol probabilities)
+    logits: torch.Tensor | None  # (n, c); None for a network without a classification stream
 
 
 class HashingNetwork(nn.Module):
@@ -37,6 +37,15 @@ class HashingNetwork(nn.Module):
         h = torch.sigmoid(self.hash_head(f))
         return HashOutput(f, h, self.class_head(h if self.config.class_input == "codes" else f))
 
+    def encoding(self, x: torch.Tensor, role: str = "database") -> HashOutput:
+        """What :func:`~qadwh_ray.model.encode.encode` reads; queries and database items alike."""
+        return self(x)
+
+    @staticmethod
+    def code_bits(h: torch.Tensor) -> torch.Tensor:
+        """The binary code of each row: ``h >= 0.5``."""
+        return h >= 0.5
+
     def query_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """Query-adaptive bit weights w_q = softmax(z_q)ᵀ W (eq. 14)."""
         return torch.softmax(logits, dim=1) @ self.W.clamp(min=0)
@@ -46,5 +55,14 @@ class HashingNetwork(nn.Module):
         return self.W.clamp(min=0).mean(dim=0)
 
 
-def build_model(config: ModelConfig, pretrained: str | None = None) -> HashingNetwork:
+def build_model(config: ModelConfig, pretrained: str | None = None) -> nn.Module:
+    """The network of ``config.architecture`` (two-stream unless the config says otherwise)."""
+    if config.architecture == "ordinal":
+        from qadwh_ray.model.ordinal import OrdinalHashingNetwork
+
+        return OrdinalHashingNetwork(config, pretrained)
+    if config.architecture == "asymmetric":
+        from qadwh_ray.model.asymmetric import AsymmetricHashingNetwork
+
+        return AsymmetricHashingNetwork(config, pretrained)
     return HashingNetwork(config, pretrained)

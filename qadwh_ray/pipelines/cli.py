@@ -68,8 +68,10 @@ def cmd_nightly(args: argparse.Namespace) -> int:
             from qadwh_ray.learning.config import load_config
 
             # retrain on the dataset being indexed, with the split the index build uses
+            from qadwh_ray.indexing.sources import dataset_of
+
             train_cfg = load_config(args.train_config, args.train_set).replace(
-                dataset=args.source, split=args.split, split_seed=args.split_seed)
+                dataset=dataset_of(args.source), split=args.split, split_seed=args.split_seed)
         opts = NightlyOptions(
             index=args.out, source=args.source, checkpoint=args.checkpoint, incremental=args.incremental,
             retrain=args.retrain, train_config=train_cfg, train_storage=args.train_storage, run_name=args.run_name,

@@ -1,6 +1,6 @@
 """The main job, end to end on one Ray cluster (a local one by default):
 
-1. **train** every method (NINH, QaDWH; with ``--full`` also the reference
+1. **train** every method (ninh, qadwh; with ``--full`` also qadwh-ref, the reference
    form, at every code length) through Ray Train;
 2. **evaluate** the checkpoints: the ablation table (with LSH and ITQ) on the
    paper split's query set and database;
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qadwh_ray import storage
-from qadwh_ray.learning.ablation import FORM_NAMES, checkpoint_name
+from qadwh_ray.learning.ablation import checkpoint_name
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.serving.ingress import DEFAULT_INGRESS
 
@@ -37,7 +37,7 @@ __all__ = ["MainJobOptions", "run_main_job", "sample_queries", "curl_examples", 
 class MainJobOptions:
     base: TrainConfig
     bits: list[int] = field(default_factory=lambda: [48])
-    forms: list[str] = field(default_factory=lambda: ["plain", "paper"])
+    methods: list[str] = field(default_factory=lambda: ["ninh", "qadwh"])
     out: str = "runs/main"
     shards: int = 2
     ray_address: str | None = None
@@ -76,7 +76,7 @@ def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS, log=print) ->
 
 
 def train_stage(opts: MainJobOptions, data=None, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
-    """Train every (form, bits) through Ray Train; copy each model to ``out/checkpoints/<method>-<bits>.pt``."""
+    """Train every (method, bits) through Ray Train; copy each model to ``out/checkpoints/<method>-<bits>.pt``."""
     from qadwh_ray.learning.datasets import limit_training
     from qadwh_ray.train.trainer import train_on_ray
 
@@ -84,20 +84,20 @@ def train_stage(opts: MainJobOptions, data=None, log=print) -> tuple[dict[tuple[
     models: dict[tuple[str, int], str] = {}
     runs = []
     for nbits in opts.bits:
-        for form in opts.forms:
-            cfg = opts.base.replace(nbits=nbits, triplet_form=form)
-            name = checkpoint_name(form, nbits)[: -len(".pt")]
-            log(f"-- {FORM_NAMES[form]} at {nbits} bits: {cfg.epochs} epochs on {cfg.num_workers} Ray Train worker(s)")
+        for method in opts.methods:
+            cfg = opts.base.replace(nbits=nbits, method=method)
+            name = checkpoint_name(method, nbits)[: -len(".pt")]
+            log(f"-- {cfg.method_spec.title} at {nbits} bits: {cfg.epochs} epochs on {cfg.num_workers} Ray Train worker(s)")
             train_data = None if data is None else limit_training(data, cfg.train_limit, cfg.split_seed)
             info = train_on_ray(cfg, storage_path=storage.join(opts.out, "train"), run_name=name, data=train_data,
                                 progress=opts.progress, log=log)
             if info.steps < info.total_steps or not info.model_uri:
                 raise RuntimeError(f"training run {name} stopped at step {info.steps} of {info.total_steps}")
-            dest = storage.join(ckpt_dir, checkpoint_name(form, nbits))
+            dest = storage.join(ckpt_dir, checkpoint_name(method, nbits))
             storage.write_bytes(dest, storage.read_bytes(info.model_uri))
-            models[(form, nbits)] = dest
+            models[(method, nbits)] = dest
             last = info.history[-1] if info.history else {}
-            runs.append({"method": FORM_NAMES[form], "nbits": nbits, "seconds": round(info.seconds, 1),
+            runs.append({"method": method, "nbits": nbits, "seconds": round(info.seconds, 1),
                          "steps": info.steps, "val_map": last.get("val_map"), "checkpoint": dest})
             log(f"   {info.summary()}\n   model: {dest}")
     return models, runs
@@ -174,8 +174,8 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
     from qadwh_ray.learning.datasets import load_retrieval_data
     from qadwh_ray.learning.evaluate import format_table
 
-    if "paper" not in opts.forms:
-        raise ValueError("the main job indexes and serves the QaDWH (paper form) model: keep 'paper' in the forms")
+    if "qadwh" not in opts.methods:
+        raise ValueError("the main job indexes and serves the QaDWH model: keep 'qadwh' in the methods")
     t_start = time.perf_counter()
     _init_ray(opts.ray_address, opts.ingress, log)
     data = load_retrieval_data(opts.base.dataset, opts.base.split_seed, opts.base.val_fraction,
@@ -190,7 +190,7 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
     summary["train"] = {"runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
 
     t0 = _stage(log, 2, "evaluate (ablation table on the query set)")
-    rows = evaluate_checkpoints(storage.join(opts.out, "checkpoints"), opts.bits, opts.forms, opts.base,
+    rows = evaluate_checkpoints(storage.join(opts.out, "checkpoints"), opts.bits, opts.methods, opts.base,
                                 export_dir=opts.export_dir, log=log, data=data)
     report = storage.join(opts.out, "report")
     write_report(report, data, opts.base, rows, runs)
@@ -202,7 +202,7 @@ def run_main_job(opts: MainJobOptions, log=print) -> dict:
                            "seconds": round(time.perf_counter() - t0, 1)}
 
     t0 = _stage(log, 3, "index the database on Ray Data")
-    index_ckpt = models[("paper", max(opts.bits))]
+    index_ckpt = models[("qadwh", max(opts.bits))]
     built = build_index(index_ckpt, opts.base.dataset, storage.join(opts.out, "index"),
                         BuildOptions(shards=opts.shards, split=split_uri, split_seed=opts.base.split_seed))
     log(f"   {built.summary()}")

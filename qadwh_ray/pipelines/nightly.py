@@ -5,7 +5,8 @@
 2. **re-index**: build a new version from that checkpoint (or the newest one
    under ``checkpoint``) and the source — or append new items incrementally;
 3. **verify**: the re-index checks (item count, checksums, brute-force sample
-   queries, MAP not lower than the current version's) — only then **publish**;
+   queries, MAP not lower than the current version's, on the dataset's query
+   part or ``--queries``: never skipped) — only then **publish**;
 4. **swap**: wait until the running service answers from the new version.
 
 Any failure leaves the previous version serving: a failed check never moves
@@ -87,9 +88,12 @@ def run_nightly(opts: NightlyOptions, log=print) -> NightlyResult:
     """Run the pipeline; raises :class:`NightlyFailed` (or ValueError/FileNotFoundError for bad arguments)."""
     from qadwh_ray.index.store import IndexStore
     from qadwh_ray.indexing.pipeline import BuildOptions
-    from qadwh_ray.indexing.reindex import CheckFailed, CheckOptions, reindex
     from qadwh_ray.client import Client, ServiceError
+    from qadwh_ray.indexing.reindex import CheckFailed, CheckOptions, query_set, reindex
 
+    checks = opts.checks or CheckOptions()
+    if query_set(checks.queries, opts.source) is None:  # the quality gate is what makes a nightly safe to publish
+        raise ValueError(f"the nightly always checks MAP on a query set: give --queries (a dataset URI) for {opts.source}")
     store = IndexStore(opts.index)
     previous = store.current_version()
     client = Client(opts.service_url, opts.service_token) if opts.service_url else None
@@ -117,7 +121,7 @@ def run_nightly(opts: NightlyOptions, log=print) -> NightlyResult:
 
     t0 = time.perf_counter()
     try:
-        result = reindex(checkpoint, opts.source, opts.index, opts.build or BuildOptions(), opts.checks or CheckOptions(),
+        result = reindex(checkpoint, opts.source, opts.index, opts.build or BuildOptions(), checks,
                          incremental=opts.incremental, ray_address=opts.ray_address)
     except CheckFailed as exc:
         raise NightlyFailed("verify", f"re-index check failed, not published: {exc.reason}") from exc

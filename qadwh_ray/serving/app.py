@@ -16,6 +16,7 @@ with ``serve deploy`` reconfigures the running replicas in place.
 from __future__ import annotations
 
 import logging
+import time
 
 from ray import serve
 from ray.serve import Application
@@ -26,9 +27,26 @@ from qadwh_ray.serving.encoder import QueryEncoder
 from qadwh_ray.serving.router import Router
 from qadwh_ray.serving.shard import Shard
 
-__all__ = ["build_app", "shard_count", "encoder_gpus"]
+__all__ = ["build_app", "wait_for_index", "shard_count", "encoder_gpus"]
 
 log = logging.getLogger(__name__)
+
+
+def wait_for_index(args: AppArgs, poll_s: float = 10.0) -> None:
+    """Block until the served version exists, for at most ``args.wait_for_index_s`` seconds (then
+    build_app fails with the reason): a service deployed before its first index starts with it."""
+    from qadwh_ray.index.reader import IndexReader
+
+    deadline = time.monotonic() + args.wait_for_index_s
+    while True:
+        try:
+            IndexReader(args.index, args.version)
+            return
+        except FileNotFoundError as exc:
+            if time.monotonic() + poll_s > deadline:
+                return  # shard_count names what is missing
+            log.warning("waiting for an index version at %s: %s", args.index, exc)
+        time.sleep(poll_s)
 
 
 def shard_count(args: AppArgs) -> int:
@@ -61,6 +79,7 @@ def encoder_gpus(args: AppArgs) -> float:
 def build_app(args: "AppArgs | dict") -> Application:
     """The application for ``args`` (a dict, e.g. a Serve config's ``args:``, or :class:`AppArgs`)."""
     a = AppArgs.parse(args)
+    wait_for_index(a)
     n = shard_count(a)
     ctor = a.model_dump(exclude={"version"}, mode="json")  # the pin goes through user_config only
     user_config = RuntimeConfig(version=a.version).model_dump()

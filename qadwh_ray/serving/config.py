@@ -17,10 +17,12 @@ from typing import Any, Dict, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DeploymentArgs", "EncoderArgs", "ShardArgs", "UpdatesArgs", "AppArgs", "RuntimeConfig", "MODES", "DEFAULT_TOKEN_ENV"]
+__all__ = ["DeploymentArgs", "EncoderArgs", "ShardArgs", "UpdatesArgs", "AppArgs", "RuntimeConfig", "MODES", "DEFAULT_TOKEN_ENV",
+           "INDEX_ENV"]
 
 MODES = ("qadwh", "dwh", "hamming")
 DEFAULT_TOKEN_ENV = "QADWH_SERVE_TOKEN"
+INDEX_ENV = "QADWH_INDEX_URI"  # the index root when args give none (as for `qadwh index --out`)
 
 
 class _Strict(BaseModel):
@@ -137,7 +139,10 @@ class UpdatesArgs(_Strict):
 class AppArgs(_Strict):
     """Everything ``build_app`` needs. Only ``index`` is required."""
 
-    index: str = Field(..., min_length=1, description="index root URI (local path or s3://)")
+    index: str = Field(..., min_length=1, description=f"index root URI (local path or s3://); null: ${INDEX_ENV}")
+    wait_for_index_s: float = Field(
+        0.0, ge=0, description="at start, wait this long for the index to have a version (a service deployed before its first index)"
+    )
     version: Optional[str] = Field(None, description="pin this index version; None = follow the CURRENT pointer")
     checkpoint: Optional[str] = Field(
         None, description="query encoder checkpoint; None = the one named in each index version's manifest"
@@ -182,9 +187,13 @@ class AppArgs(_Strict):
         if isinstance(args, AppArgs):
             return args
         if args is None:
-            raise ValueError("serving needs at least the index root: args={'index': <uri>}")
+            args = {}
         if not isinstance(args, dict):
             raise TypeError(f"app args must be a dict or AppArgs, got {type(args).__name__}")
+        if args.get("index") is None:
+            if not os.environ.get(INDEX_ENV):
+                raise ValueError(f"serving needs the index root: args.index, or ${INDEX_ENV} in the replicas' environment")
+            args = {**args, "index": os.environ[INDEX_ENV]}
         return cls.model_validate(args)
 
     def runtime(self) -> "RuntimeConfig":

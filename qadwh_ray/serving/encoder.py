@@ -45,6 +45,7 @@ def load_model_info(ref: CheckpointRef, device: str = "cpu"):
         )
     model = model_from_payload(payload).to(device)
     cfg = model.config
+    cfg.require_searchable(f"checkpoint {ref['uri']}")
     # one forward pass now: the first one in a process is slow (kernel selection, allocator)
     from qadwh_ray.model.encode import encode
 

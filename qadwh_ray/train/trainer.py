@@ -24,9 +24,10 @@ from typing import Any, Callable
 import numpy as np
 
 from qadwh_ray import storage
+from qadwh_ray.capacity import cluster_capacity
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
-from qadwh_ray.model.checkpoint import FILENAME, load_payload
+from qadwh_ray.model.checkpoint import FILENAME, load_newest_good
 
 STORAGE_ENV = "QADWH_STORAGE"
 DEFAULT_STORAGE = "~/qadwh_runs"
@@ -75,7 +76,7 @@ def default_storage() -> str:
 
 def default_run_name(cfg: TrainConfig) -> str:
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in cfg.dataset.rstrip("/").rsplit("/", 1)[-1])
-    return f"qadwh-{name}-{cfg.triplet_form}-{cfg.nbits}b-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"qadwh-{name}-{cfg.method}-{cfg.nbits}b-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def normalize_storage(uri: str) -> str:
@@ -97,29 +98,38 @@ def check_storage(uri: str) -> None:
         raise storage.StorageError(f"cannot write to storage path {uri}: {exc}") from exc
 
 
-def check_cluster(cfg: TrainConfig, resources: dict[str, float]) -> None:
-    """Fail fast when the workers cannot fit on the cluster (instead of waiting forever for resources)."""
+def check_cluster(cfg: TrainConfig, resources: dict[str, float], where: str = "the Ray cluster") -> None:
+    """Fail fast when the workers cannot fit in ``resources`` (what ``where`` has, or can reach by
+    autoscaling: qadwh_ray.capacity) instead of waiting forever for resources."""
     need = cfg.num_workers * cfg.cpus_per_worker
     have = float(resources.get("CPU", 0.0))
     if need > have + 1e-9:
         raise ValueError(
             f"num_workers={cfg.num_workers} x cpus_per_worker={cfg.cpus_per_worker:g} needs {need:g} CPUs, "
-            f"but the Ray cluster has {have:g}; lower num_workers or cpus_per_worker "
+            f"but {where} has {have:g}; lower num_workers or cpus_per_worker "
             f"(fractional CPUs are fine), or add nodes"
         )
     for name, amount in (cfg.worker_resources or {}).items():
         if cfg.num_workers * amount > float(resources.get(name, 0.0)) + 1e-9:
             raise ValueError(
                 f"num_workers={cfg.num_workers} x {name}={amount:g} needs {cfg.num_workers * amount:g} {name}, "
-                f"but the Ray cluster has {float(resources.get(name, 0.0)):g}"
+                f"but {where} has {float(resources.get(name, 0.0)):g}"
             )
     if cfg.use_gpu:
         gpus = float(resources.get("GPU", 0.0))
         if cfg.num_workers > gpus:
             raise ValueError(
                 f"use_gpu with num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs, "
-                f"but the Ray cluster has {gpus:g}"
+                f"but {where} has {gpus:g}"
             )
+
+
+def _keep_data_stats_on_the_driver() -> None:
+    """Ray Data's detached stats actor lives on the node of whoever creates it first; created from
+    a training worker it pins that worker's node for good, so an autoscaler never removes it."""
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    get_or_create_stats_actor()
 
 
 def _fs_and_path(uri: str):
@@ -213,7 +223,11 @@ def train_on_ray(
         logs = init_ray()
         log(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}")
     if check_resources:
-        check_cluster(cfg, ray.cluster_resources())
+        capacity = cluster_capacity()
+        if capacity.limit() is None:
+            log(f"{capacity.describe()}: the {cfg.num_workers} training worker(s) wait for the nodes it adds")
+        else:
+            check_cluster(cfg, capacity.limit(), capacity.describe())
     if (cfg.classes_per_batch * cfg.images_per_class) % cfg.num_workers:
         raise ValueError(
             f"the global batch ({cfg.classes_per_batch} classes x {cfg.images_per_class} images) must split "
@@ -225,8 +239,8 @@ def train_on_ray(
     plan = BatchPlan.for_config(cfg, data.train_labels)  # raises on impossible class-balanced batches
     ckpt_uri, _ = latest_checkpoint(storage_path, run_name)
     start_step = 0
-    if ckpt_uri:
-        payload = load_payload(ckpt_uri)
+    if ckpt_uri:  # the workers restore through the same loader, so they start where this says
+        ckpt_uri, payload = load_newest_good(*storage.filesystem_and_path(ckpt_uri), log=log)
         check_resume(cfg, payload, run_name)
         start_step = int(payload["step"])
         log(f"resuming run {run_name} from {ckpt_uri} (step {start_step} of {plan.total_steps})")
@@ -281,6 +295,7 @@ def train_on_ray(
         f"({cfg.classes_per_batch} classes x {cfg.images_per_class}), {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch); storage {storage.join(storage_path, run_name)}"
     )
+    _keep_data_stats_on_the_driver()
     result = trainer.fit()
     out = result.return_value or {}
     ckpt = _to_uri(storage_path, result.checkpoint.path) if result.checkpoint is not None else None

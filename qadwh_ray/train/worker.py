@@ -9,6 +9,7 @@ metrics reported to Ray Train).
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
 import time
 
@@ -20,15 +21,11 @@ import ray.train
 import ray.train.torch
 from qadwh_ray.learning.config import TrainConfig
 from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
-from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes
+from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes, checkpoint_dir_name, load_newest_good, write_with_checksum
 from qadwh_ray.model.config import ModelConfig
 from qadwh_ray.model.network import build_model
 from qadwh_ray.ray_logs import console_print
 from qadwh_ray.train.data import DATASET_NAME, BatchPlan, iter_local_batches
-
-
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_step{step:08d}"
 
 
 def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator:
@@ -40,8 +37,9 @@ def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator
 def _restore(checkpoint, net, optimizer, scheduler) -> tuple[int, list[dict]]:
     if checkpoint is None:
         return 0, []
-    with checkpoint.as_directory() as d:
-        payload = torch.load(os.path.join(d, FILENAME), map_location="cpu", weights_only=True)
+    # Read from storage, not checkpoint.as_directory(): that shares one download directory among a node's
+    # workers, and a second worker's re-download truncates model.pt under the first one's torch.load.
+    _, payload = load_newest_good(checkpoint.filesystem, checkpoint.path, log=lambda msg: print(msg, flush=True))
     net.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -68,7 +66,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     torch.manual_seed(cfg.seed)
     net = build_model(ModelConfig.from_dict(config["model_config"]), cfg.pretrained).to(device)
-    optimizer = make_optimizer(net, cfg)  # freezes W for NINH: before DDP sees the parameters
+    optimizer = make_optimizer(net, cfg)  # freezes W where the method does not learn it: before DDP sees it
     scheduler = make_scheduler(optimizer, cfg)
     start_step, history = _restore(ray.train.get_checkpoint(), net, optimizer, scheduler)
     model, gather = net, None
@@ -80,7 +78,8 @@ def train_loop_per_worker(config: dict) -> dict:
         model = DDP(
             net,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.cls_weight == 0,
+            # a method without a classification stream leaves the two-stream network's class head unused
+            find_unused_parameters=not cfg.method_spec.class_stream,
         )
         gather = TorchDistributedGather()
     info = {"start_step": start_step, "steps": start_step, "history": history, "world_size": world}
@@ -138,7 +137,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if val is not None and len(val["val_images"]):
             row["val_map"] = validation_map(
                 net, val["val_images"], val["val_labels"], val["db_images"], val["db_labels"],
-                weighted=cfg.triplet_form != "plain",
+                method=cfg.method,
             )
         history.append(row)
         if rank == 0:
@@ -183,4 +182,17 @@ def _report(row, rank, net, optimizer, scheduler, cfg, step, epoch, history, dat
     with tempfile.TemporaryDirectory(prefix="qadwh-ckpt-") as d:
         with open(os.path.join(d, FILENAME), "wb") as f:
             f.write(data)
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+        ray.train.report(
+            row, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name,
+            checkpoint_upload_fn=_upload_checkpoint,
+        )
+
+
+def _upload_checkpoint(local, dir_name: str):
+    """Ray Train's upload step for rank 0's checkpoint: model.pt, then its checksum file last, so a
+    directory that has the checksum file is complete (Ray's own copy writes the files in any order)."""
+    store = ray.train.get_context().get_storage()  # DeveloperAPI: the run's pyarrow filesystem and path
+    path = posixpath.join(store.experiment_fs_path, dir_name)
+    with open(os.path.join(local.path, FILENAME), "rb") as f:
+        write_with_checksum(store.storage_filesystem, posixpath.join(path, FILENAME), f.read())
+    return ray.train.Checkpoint(path, filesystem=store.storage_filesystem)

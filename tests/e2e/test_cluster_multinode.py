@@ -194,7 +194,7 @@ def test_jobs_train_index_evaluate_serve_and_nightly_swap(cluster):
     assert v1 and f"CURRENT -> {v1}" in logs
     assert store.read_manifest(v1).num_items == 5000  # the paper split's training part
 
-    status, logs = _submit(cluster, [f"python jobs/evaluate.py --checkpoints {runs} --bits 16 --forms paper",
+    status, logs = _submit(cluster, [f"python jobs/evaluate.py --checkpoints {runs} --bits 16 --methods qadwh",
                                      f"--out {report}"])
     assert status == "SUCCEEDED", logs[-4000:]
     methods = {m["method"] for m in json.loads((report / "ablation.json").read_text())["metrics"]}
@@ -239,14 +239,14 @@ def test_jobs_with_bad_arguments_fail_with_a_clear_message_and_publish_nothing(c
     index = cluster.get("index") or tmp_path / "index"
     store = IndexStore(str(index))
     current, versions = store.current_version(), sorted(store.list_versions())
-    ck12 = tmp_path / "m12.pt"
-    save_checkpoint(str(ck12), build_model(ModelConfig(nbits=12)))
+    ck16 = tmp_path / "m16.pt"
+    save_checkpoint(str(ck16), build_model(ModelConfig(nbits=16)))
     # an S3 endpoint nobody listens on: unreachable storage
     dead = f"AWS_ENDPOINT_URL=http://127.0.0.1:{free_port()} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_DEFAULT_REGION=us-east-1"
     cases = [
         ([f"python jobs/index.py --checkpoint {tmp_path / 'missing.pt'} --source fashion:query --out {index}"],
          "no checkpoint at"),
-        ([f"python jobs/index.py --checkpoint {ck12} --source fashion:query --out {index}"], "12-bit codes"),
+        ([f"python jobs/index.py --checkpoint {ck16} --data {tmp_path / 'nowhere'} --out {index}"], "no dataset at"),
         ([f"python jobs/nightly.py --checkpoint {tmp_path / 'missing'} --source fashion:query --out {index}"],
          "no checkpoint at"),
         ([f"env {dead} python jobs/train.py --set nbits=16 --storage s3://qadwh-nowhere/runs --name bad"],

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(900)
 def _run(data: str, out: str, bits: int, tmp_path) -> str:
     qadwh = os.path.join(os.path.dirname(sys.executable), "qadwh")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster
-    cmd = [qadwh, "run", "--data", data, "--bits", str(bits), "--forms", "paper", "--epochs", "1",
+    cmd = [qadwh, "run", "--data", data, "--bits", str(bits), "--methods", "qadwh", "--epochs", "1",
            "--set", "max_steps=2", "--set", "classes_per_batch=4", "--set", "images_per_class=4",
            "--out", out, "--port", str(free_port()), "--exit-after-queries", "--quiet"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=850)

@@ -136,7 +136,7 @@ def _crash_rank1_at_second_report(marker, store, run_name, env):
             steps.append(metrics["step"])
             if ray.train.get_context().get_world_rank() == 1 and len(steps) == 2 and not os.path.exists(marker):
                 os.environ.update(env)  # this worker may predate the test's S3 server settings
-                deadline = time.monotonic() + 120
+                deadline = time.monotonic() + 300
                 while time.monotonic() < deadline:
                     uri, _ = latest_checkpoint(store, run_name)
                     if uri and uri.endswith(f"checkpoint_step{steps[0]:08d}"):
@@ -152,6 +152,36 @@ def _crash_rank1_at_second_report(marker, store, run_name, env):
     return loop
 
 
+def test_worker_restore_reads_storage_and_walks_back_past_a_damaged_checkpoint(tmp_path, capsys):
+    import pyarrow.fs as pafs
+    import ray.train
+
+    from qadwh_ray.learning.loop import make_scheduler
+    from qadwh_ray.model.checkpoint import checkpoint_dir_name, save_checkpoint
+    from qadwh_ray.train.worker import _restore
+
+    cfg = TrainConfig(nbits=8, classes_per_batch=4, images_per_class=4, epochs=3)
+
+    def state(seed):
+        torch.manual_seed(seed)
+        net = build_model(cfg.model_config(FASHION_INFO, 28))
+        optimizer = make_optimizer(net, cfg)
+        return net, optimizer, make_scheduler(optimizer, cfg)
+
+    for step in (5, 10):
+        net, optimizer, scheduler = state(step)
+        save_checkpoint(str(tmp_path / checkpoint_dir_name(step) / "model.pt"), net, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), step=step, history=[{"step": step}])
+    latest = tmp_path / checkpoint_dir_name(10) / "model.pt"
+    latest.write_bytes(latest.read_bytes()[:-1])
+    net, optimizer, scheduler = state(0)
+    start, history = _restore(ray.train.Checkpoint(str(latest.parent), filesystem=pafs.LocalFileSystem()), net, optimizer, scheduler)
+    assert start == 5 and history == [{"step": 5}]
+    assert f"skipping checkpoint {latest.parent}: {latest} is damaged" in capsys.readouterr().out
+    expected = state(5)[0].state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in net.state_dict().items())
+
+
 def _job_main():
     spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
     module = importlib.util.module_from_spec(spec)
@@ -159,7 +189,7 @@ def _job_main():
     return module.main
 
 
-def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes_on_s3(ray_cluster, s3_server, small_data, tmp_path, capsys):
+def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes_on_s3(ray_cluster, s3_server, tmp_path, capsys):
     bucket = s3_server.make_bucket()
     store = f"s3://{bucket}/runs"
     cfg = TrainConfig(
@@ -178,21 +208,28 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes_on_s3(ray_clust
     assert info.steps == info.total_steps == 3 * spe  # and finished the configured number of steps
     assert [r["step"] for r in info.history] == [spe, 2 * spe, 3 * spe]
     assert info.checkpoint_uri == f"{store}/faulty/checkpoint_step{3 * spe:08d}"
-    assert load_payload(info.checkpoint_uri)["step"] == 3 * spe
+    assert load_payload(info.checkpoint_uri)["step"] == 3 * spe  # a directory: verified against its checksum file
     names = storage.list_dir(info.run_uri)
     assert {f"checkpoint_step{s:08d}" for s in (spe, 2 * spe, 3 * spe)} <= set(names)
+    assert all(storage.exists(f"{info.run_uri}/checkpoint_step{s:08d}/model.pt.sha256") for s in (spe, 2 * spe, 3 * spe))
 
-    # resume by re-running with the same name: one more epoch, through the job entry point
+    # damage the latest checkpoint (Ray Train still lists it as the latest): a re-run with the same name skips
+    # it, says why, and resumes from the one before, through the job entry point, for one more epoch
+    latest = f"{store}/faulty/checkpoint_step{3 * spe:08d}"
+    data = storage.read_bytes(f"{latest}/model.pt")
+    storage.write_bytes(f"{latest}/model.pt", data[: len(data) // 2])
     run = _job_main()
     args = ["--storage", store, "--name", "faulty", "--max-failures", "0", "--timeout", "60",
             "--set", "nbits=8", "--set", "classes_per_batch=4", "--set", "images_per_class=4", "--set", "epochs=4",
             "--set", "train_limit=160", "--set", "val_fraction=0.02", "--set", "num_workers=2", "--set", "cpus_per_worker=0.5"]
     assert run(args) == 0
     out = capsys.readouterr().out
-    assert f"resuming run faulty from {store}/faulty/checkpoint_step{3 * spe:08d}" in out
-    assert f"{4 * spe}/{4 * spe} steps" in out and f"(resumed at step {3 * spe})" in out
+    assert f"skipping checkpoint {latest}: {latest}/model.pt is damaged" in out
+    assert f"resuming run faulty from {store}/faulty/checkpoint_step{2 * spe:08d}" in out
+    assert f"{4 * spe}/{4 * spe} steps" in out and f"(resumed at step {2 * spe})" in out
     payload = load_payload(f"{store}/faulty/checkpoint_step{4 * spe:08d}")
     assert payload["step"] == 4 * spe and [r["step"] for r in payload["history"]] == [spe, 2 * spe, 3 * spe, 4 * spe]
+    assert load_payload(latest)["step"] == 3 * spe  # the workers too went back to step 2*spe and rewrote step 3*spe
 
     # a resume with different model settings is refused before anything runs
     assert run(args + ["--set", "nbits=16"]) == 2

@@ -44,9 +44,11 @@ def test_node_roles_image_and_setup(launcher_config):
     for t in gpu + cpu:
         assert t["max_workers"] >= t.get("min_workers", 0)
     image = launcher_config["docker"]["image"]
-    assert re.fullmatch(r"rayproject/ray:[0-9.]+-py311-gpu", image)
-    assert image.split(":")[1].startswith(ray.__version__)  # same Ray as the project pins
-    assert any("pip install" in c and "qadwh_ray" in c for c in launcher_config["setup_commands"])
+    assert re.fullmatch(r"[\w.\-/]+/qadwh-ray:[\w.\-]+-gpu", image)  # the project image (Containerfile), GPU variant
+    assert f"rayproject/ray:{ray.__version__}-py311" in (ROOT / "Containerfile").read_text()  # same Ray as the project pins
+    # nothing installed or synced at run time: the image holds the project
+    assert not launcher_config.get("setup_commands") and not launcher_config.get("worker_setup_commands")
+    assert all(not str(src).startswith(".") for src in launcher_config.get("file_mounts", {}).values())
 
 
 def test_no_credentials_in_the_file():

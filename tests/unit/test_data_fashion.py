@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qadwh_ray.data.fashion import CLASS_NAMES, FASHION_MNIST_DIR, load_fashion_mnist, read_idx
-from qadwh_ray.data.split import Split, multilabel_split, paper_split, validation_split
+from qadwh_ray.data.split import Split, multilabel_split, paper_split, validation_protocol, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,39 @@ def test_validation_split(fashion):
     assert np.array_equal(validation_split(split.train, 0.1, seed=0)[1], va)
     with pytest.raises(ValueError, match="fraction"):
         validation_split(split.train, 1.5)
+
+
+def test_validation_protocol_is_disjoint_from_test_queries_and_training(fashion):
+    labels = fashion[1]
+    split = paper_split(labels, seed=0)
+    vq, vdb = validation_protocol(split, labels)
+    assert len(vq) == 1000 and len(vdb) == 63000
+    assert np.bincount(labels[vq]).tolist() == [100] * 10  # as many per class as the test queries
+    for part in (split.query, split.train):
+        assert not np.intersect1d(vq, part).size and not np.intersect1d(vdb, part).size
+    assert not np.intersect1d(vq, vdb).size
+    assert np.array_equal(np.union1d(vq, vdb), split.database)
+    again = validation_protocol(split, np.eye(10, dtype=np.uint8)[labels])  # one-hot rows: the same draw
+    assert np.array_equal(again[0], vq) and np.array_equal(again[1], vdb)
+    assert not np.array_equal(validation_protocol(split, labels, seed=1)[0], vq)
+    # multi-label: a random draw of as many queries as the test set has
+    lm = np.random.default_rng(0).integers(0, 2, size=(500, 5)).astype(np.uint8)
+    lm[lm.sum(axis=1) == 0, 0] = 1
+    ml = multilabel_split(lm, seed=4, n_query=50, n_train=100)
+    mq, mdb = validation_protocol(ml, lm)
+    assert len(mq) == 50 and len(mdb) == 300 and np.array_equal(np.union1d(mq, mdb), ml.database)
+    with pytest.raises(ValueError, match="labels have 10 rows but the split was made for 500 items"):
+        validation_protocol(ml, lm[:10])
+
+
+def test_retrieval_data_on_validation_swaps_queries_and_database_only():
+    from qadwh_ray.learning.datasets import load_retrieval_data
+
+    test = load_retrieval_data("fashion", 0, 0.1, evaluate_on="test")
+    val = load_retrieval_data("fashion", 0, 0.1, evaluate_on="validation")
+    assert val.evaluated_on == "validation" and "validation queries 1000" in val.summary()
+    assert np.array_equal(val.train_images, test.train_images) and np.array_equal(val.val_images, test.val_images)
+    assert not np.intersect1d(val.query_ids, test.query_ids).size
+    assert np.isin(val.query_ids, test.db_ids).all() and len(val.db_ids) == 63000
+    with pytest.raises(ValueError, match="evaluate_on must be one of validation, test, got 'train'"):
+        load_retrieval_data("fashion", 0, 0.1, evaluate_on="train")

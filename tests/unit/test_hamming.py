@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadwh_ray.core import hamming
-from qadwh_ray.core.bits import unpack_bits
+from qadwh_ray.core.bits import pack_bits, pad_weights, unpack_bits
 from qadwh_ray.core.hamming import (
     byte_lookup_tables,
     hamming_distances,
@@ -147,3 +147,39 @@ def test_negative_weight_error_names_the_value():
     w[5] = -0.25
     with pytest.raises(ValueError, match=r"-0.25.*\(0, 5\)"):
         weighted_hamming_distances(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.uint8), w)
+
+
+@pytest.mark.parametrize("symbol_bits, nbits", [(1, 16), (2, 12), (2, 48), (4, 24), (8, 16)])
+def test_symbol_hamming_counts_differing_symbols(symbol_bits, nbits):
+    from qadwh_ray.core.hamming import symbol_hamming_distances
+
+    rng = np.random.default_rng(symbol_bits * 100 + nbits)
+    S = nbits // symbol_bits
+    qs, ds = rng.integers(0, 2**symbol_bits, (7, S)), rng.integers(0, 2**symbol_bits, (31, S))
+    ds[:5] = qs[0]  # some exact matches
+    ds[5, 1:] = qs[1, 1:]  # one differing symbol
+
+    def pack(sym):  # symbol s, bit t -> code bit s*m + t
+        bits = ((sym[:, :, None] >> np.arange(symbol_bits)) & 1).reshape(len(sym), -1)
+        return pack_bits(bits)
+
+    got = symbol_hamming_distances(pack(qs), pack(ds), symbol_bits)
+    want = np.array([[sum(int(a != b) for a, b in zip(q, d)) for d in ds] for q in qs])
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+    assert (got[0, :5] == 0).all() and got[1, 5] == int(qs[1, 0] != ds[5, 0])
+    with pytest.raises(ValueError, match="symbol_bits must be one of"):
+        symbol_hamming_distances(pack(qs), pack(ds), 3)
+
+
+def test_asymmetric_query_ranks_as_the_inner_product():
+    """ADSQ: -<u, s> over s in {-1, +1} = 2 * weighted Hamming(1[u >= 0], b; |u|) - sum |u|."""
+    from qadwh_ray.core.weights import asymmetric_query
+
+    rng = np.random.default_rng(3)
+    u = np.tanh(rng.normal(size=(5, 12)))
+    b = rng.integers(0, 2, (40, 12))
+    codes, w = asymmetric_query(u)
+    dw = weighted_hamming_distances(codes, pack_bits(b), pad_weights(w, 2))  # 12 bits: zero weight on the padding
+    direct = np.array([[-sum(u[i, k] * (2 * b[j, k] - 1) for k in range(12)) for j in range(40)] for i in range(5)])
+    assert 2 * dw - np.abs(u).sum(axis=1, keepdims=True) == pytest.approx(direct, abs=1e-12)
+    assert np.array_equal(np.argsort(dw, axis=1, kind="stable"), np.argsort(direct, axis=1, kind="stable"))

@@ -1,6 +1,7 @@
 """A few real training steps on real Fashion-MNIST images, end to end through evaluation."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 import pyarrow.parquet as pq
 
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
-from qadwh_ray.core.metrics import mean_average_precision
+from qadwh_ray.core.metrics import average_precisions
+from qadwh_ray.core.stats import paired_difference
 from qadwh_ray.learning.ablation import evaluate_checkpoints, run_ablation, summarize_order
 from qadwh_ray.learning.export import slug
 from qadwh_ray.learning.config import TrainConfig
@@ -49,7 +51,7 @@ def test_local_training_steps_checkpoint_and_keep_W_feasible(small_data, tmp_pat
 
 
 def test_ninh_keeps_W_frozen_at_one(small_data):
-    cfg = TrainConfig(nbits=8, epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4, triplet_form="plain")
+    cfg = TrainConfig(nbits=8, epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4, method="ninh")
     result = train_local(cfg, small_data, progress=False, log=lambda *_: None)
     assert torch.equal(result.model.W.detach(), torch.ones(10, 8))
 
@@ -96,7 +98,7 @@ def test_weight_lr_scale_gives_W_its_own_rate_under_the_schedule():
 
 def test_ablation_table_has_every_ranking(small_data, tmp_path):
     cfg = TrainConfig(epochs=1, max_steps=2, classes_per_batch=4, images_per_class=4)
-    rows, runs = run_ablation(cfg, [8], ["plain", "paper", "reference"], out_dir=str(tmp_path), progress=False,
+    rows, runs = run_ablation(cfg, [8], ["ninh", "qadwh", "qadwh-ref"], out_dir=str(tmp_path), progress=False,
                               log=lambda *_: None, data=small_data, export_dir=str(tmp_path / "export"))
     methods = [r.method for r in rows]
     assert methods == [
@@ -118,33 +120,44 @@ def test_ablation_table_has_every_ranking(small_data, tmp_path):
             dist = weighted_hamming_distances(qc, dc, np.array(q["weights"]))
         else:
             dist = hamming_distances(qc, dc).astype(float)
-        again = mean_average_precision(dist, np.array(q["labels"]), np.array(d["labels"]), db_ids=np.array(d["id"]))
-        assert again == pytest.approx(r.map_all, abs=1e-12), r.method
+        ap = average_precisions(dist, np.array(q["labels"]), np.array(d["labels"]), db_ids=np.array(d["id"]))
+        assert ap == pytest.approx(np.array(q["ap"]), abs=1e-12), r.method
+        assert ap.mean() == pytest.approx(r.map_all, abs=1e-12), r.method
+    # ... and so is every paired difference of the report, from those per-query APs
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(report["paired"]) == 21 and report["evaluated_on"] == "test"  # every pair of the 7 rankings at 8 bits
+    p = report["paired"][0]
+    ap_of = {r.method: r.ap for r in rows}
+    again = paired_difference(ap_of[p["better"]], ap_of[p["worse"]])
+    assert (again.estimate, again.low, again.high) == (p["difference"], p["low"], p["high"])
+    assert "| bits | better | worse |" in (tmp_path / "ablation.md").read_text()
 
 
 def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=1, max_steps=1, classes_per_batch=4, images_per_class=4)
-    run_ablation(cfg, [8], ["paper"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
+    run_ablation(cfg, [8], ["qadwh"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
     monkeypatch.setattr("qadwh_ray.learning.ablation.load_retrieval_data", lambda *a, **k: small_data)
-    rows = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None)
+    rows = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None, out_dir=str(tmp_path / "ev"))
     assert [r.method for r in rows][-1] == "QaDWH"
+    (run,) = json.loads((tmp_path / "ev" / "ablation.json").read_text())["runs"]
+    assert (run["method"], run["seed"], run["checkpoint"]) == ("qadwh", cfg.seed, str(tmp_path / "qadwh-8.pt"))
     # --flip-average on: the same rankings as the model whose own config says so
     from qadwh_ray.learning.ablation import evaluate_models
     from qadwh_ray.model.checkpoint import load_checkpoint
 
-    flipped = evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None, flip_average=True)
+    flipped = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None, flip_average=True)
     model = load_checkpoint(str(tmp_path / "qadwh-8.pt"))
     model.config = dataclasses.replace(model.config, flip_average=True)
-    expect = evaluate_models([("paper", 8, model)], small_data, log=lambda *_: None)
+    expect = evaluate_models([("qadwh", 8, model)], small_data, log=lambda *_: None)
     assert [r.map_all for r in flipped] == [r.map_all for r in expect]
     with pytest.raises(FileNotFoundError, match="ninh-8.pt"):
-        evaluate_checkpoints(str(tmp_path), [8], ["plain"], cfg, log=lambda *_: None)
+        evaluate_checkpoints(str(tmp_path), [8], ["ninh"], cfg, log=lambda *_: None)
     # A model trained on another split or dataset is refused, not silently ranked.
     with pytest.raises(ValueError, match="split_seed=0 but this evaluation uses split_seed=3"):
-        evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg, log=lambda *_: None,
+        evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None,
                              data=dataclasses.replace(small_data, split=dataclasses.replace(small_data.split, seed=3)))
     with pytest.raises(ValueError, match=r"dataset=.fashion-multilabel.; evaluate it with --set dataset=fashion$"):
-        evaluate_checkpoints(str(tmp_path), [8], ["paper"], cfg.replace(dataset="fashion-multilabel"), log=lambda *_: None,
+        evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg.replace(dataset="fashion-multilabel"), log=lambda *_: None,
                              data=small_data)
 
 

@@ -139,9 +139,8 @@ def test_search_equals_brute_force(nbits, n, pool, extra_k, mode, strategy, wkin
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 8 items, a 2-block warm-up and parts of any size: every code path on small data."""
+    """Blocks of 8 items and parts of any size: every code path on small data."""
     monkeypatch.setattr(search_mod, "BLOCK", 8)
-    monkeypatch.setattr(search_mod, "WARMUP_BLOCKS", 2)
     monkeypatch.setattr(search_mod, "MIN_PART", 1)
 
 
@@ -161,7 +160,7 @@ def small_blocks(monkeypatch):
 )
 def test_blocked_parallel_paths_equal_numpy_reference(small_blocks, nbits, n, pool, extra_k, mode, strategy,
                                                       wkind, nq, threads, seed):
-    """Many blocks, warm-up thresholds, query groups and database parts: still exact."""
+    """Many blocks, query groups and database parts: still exact."""
     rng = np.random.default_rng(seed)
     codes = tied_codes(rng, n, nbits, pool)
     ids = rng.choice(10**6, size=n, replace=False).astype(np.int64)

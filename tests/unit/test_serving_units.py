@@ -16,14 +16,16 @@ from qadwh_ray.serving.errors import ApiError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_serve_config_file_validates():
+def test_serve_config_file_validates(monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
     cfg = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
     ServeDeploySchema.model_validate(cfg)
     app = cfg["applications"][0]
     assert app["import_path"] == "qadwh_ray.serving.app:build_app"
+    monkeypatch.setenv("QADWH_INDEX_URI", "s3://bucket/index")  # the index root comes from the settings ConfigMap
     args = AppArgs.parse(app["args"])
+    assert args.index == "s3://bucket/index"
     assert args.shard.min_replicas >= 2 and args.require_auth and args.auth_token_file
 
 
