@@ -20,16 +20,17 @@ controller and worker, Ray Data task workers), and reads the object store's
 bytes in use from the raylet. Peak input cost = peak total minus the total of
 the idle cluster just before the run. The ratios 200k / 20k are the result.
 
-``throughput``: the built-in ``fashion`` dataset (pixels from the in-process
-Fashion-MNIST arrays: no files, no decoding) vs the same images written as a
-Parquet URI (ids = row numbers, so one split file gives both the same training
-images and the same batches). The two alternate in one Ray cluster, same
-config, steps and CPUs; images/s of every epoch but each run's first (from the
-epoch's first batch request to its last step, input waits included), median
-per side.
+``throughput``: the built-in ``fashion`` dataset (the Ray Data tasks index the
+Fashion-MNIST arrays each worker process loads once: no files, no decoding)
+vs the same images written as a Parquet URI (ids = row numbers, so one split
+file gives both the same training images and the same batches). The two alternate in one Ray cluster in the
+order A B B A A B ..., so a load that rises or falls during the run favours
+neither side; same config, steps and CPUs. Images/s of every epoch but each
+run's first (from the epoch's first batch request to its last step, input
+waits included), median per side.
 
-    .venv/bin/python benchmarks/train_input_bench.py memory        # ~10 min on 2 cores
-    .venv/bin/python benchmarks/train_input_bench.py throughput    # ~10 min on 2 cores
+    .venv/bin/python benchmarks/train_input_bench.py memory        # ~40 min on a loaded 2-core machine
+    .venv/bin/python benchmarks/train_input_bench.py throughput    # ~17 min on a loaded 2-core machine
 
 The last printed line is one JSON object.
 """
@@ -251,10 +252,10 @@ def run_memory(args) -> dict:
     def worst(n: int, key: str) -> float:
         return max(r[key] for r in runs if r["train_images"] == n)
 
+    cost_small, cost_large = worst(small, "peak_input_cost_mib"), worst(large, "peak_input_cost_mib")
     out["runs"] = runs
-    out["train_input_peak_memory_200k_vs_20k"] = round(worst(large, "peak_input_cost_mib") / worst(small, "peak_input_cost_mib"), 3)
-    out["peak_input_cost_200k_minus_20k_mib"] = round(
-        worst(large, "peak_input_cost_mib") - worst(small, "peak_input_cost_mib"), 1)
+    out["train_input_peak_memory_200k_vs_20k"] = round(cost_large / cost_small, 3)
+    out["peak_input_cost_200k_minus_20k_mib"] = round(cost_large - cost_small, 1)
     out["peak_total_200k_vs_20k"] = round(worst(large, "peak_total_mib") / worst(small, "peak_total_mib"), 3)
     out["sizes"] = sizes
     out["load_avg_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
@@ -279,6 +280,7 @@ def run_throughput(args) -> dict:
 
     load0 = os.getloadavg()[0]
     rates: dict[str, list[float]] = {"in_memory": [], "ray_data_uri": []}
+    runs: list[dict] = []  # per run, in the order run
     with tempfile.TemporaryDirectory(prefix="qadwh-input-tp-", dir=args.tmp) as tmp:
         images, labels = load_fashion_mnist()
         uri = os.path.join(tmp, "fashion-parquet")
@@ -292,10 +294,12 @@ def run_throughput(args) -> dict:
         sides = {"in_memory": cfg, "ray_data_uri": cfg.replace(dataset=uri)}
         start_ray()
         for r in range(args.rounds):
-            for side, c in sides.items():
+            order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]  # ABBA: no side always first
+            for side, c in order:
                 info = train_on_ray(c, os.path.join(tmp, "runs"), f"{side}-{r}", max_failures=0,
                                     collective_timeout_s=300, progress=False, log=lambda *_: None)
                 rates[side] += per_epoch_rates(info)
+                runs.append({"side": side, "median": round(statistics.median(per_epoch_rates(info)), 1)})
                 print(f"round {r} {side}: " + ", ".join(f"{x:.0f}" for x in per_epoch_rates(info)) + " img/s", flush=True)
         ray.shutdown()
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -306,6 +310,7 @@ def run_throughput(args) -> dict:
         "in_memory_images_per_s": {"median": round(med["in_memory"], 1), "epochs": [round(x, 1) for x in rates["in_memory"]]},
         "ray_data_uri_images_per_s": {"median": round(med["ray_data_uri"], 1),
                                       "epochs": [round(x, 1) for x in rates["ray_data_uri"]]},
+        "runs_in_order": runs,
         "ray_data_input_vs_in_memory": round(med["ray_data_uri"] / med["in_memory"], 3),
         "load_avg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "target_ok": med["ray_data_uri"] / med["in_memory"] >= 0.9,
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("throughput", help="Ray Data input from a Parquet URI vs the in-memory built-in dataset")
     t.add_argument("--train-images", type=int, default=1280, help="training images (steps/epoch = this / 64)")
     t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
+    t.add_argument("--rounds", type=int, default=4, help="runs per side, in the order A B B A A B ...")
     t.add_argument("--tmp", default=None, help="directory for the generated dataset")
     args = p.parse_args(argv)
     if args.what == "memory-child":
