@@ -91,9 +91,13 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def _alive_nodes(dash: str, headers: dict) -> list[dict]:
-    r = requests.get(f"{dash}/api/v0/nodes", params={"limit": 100}, headers=headers, timeout=10)
-    r.raise_for_status()
-    nodes = r.json()["data"]["result"]["result"]
+    """The cluster's alive nodes; none while the dashboard does not answer (it drops connections on a loaded machine)."""
+    try:
+        r = requests.get(f"{dash}/api/v0/nodes", params={"limit": 100}, headers=headers, timeout=10)
+        r.raise_for_status()
+        nodes = r.json()["data"]["result"]["result"]
+    except (requests.RequestException, ValueError, KeyError):
+        return []
     return [n for n in nodes if n.get("state") == "ALIVE"]
 
 
