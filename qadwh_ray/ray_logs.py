@@ -12,6 +12,10 @@ so that the console shows only:
   task or actor still fails the command with its traceback);
 * records of Ray's Python loggers at ERROR.
 
+Notices the cluster pushes to every driver (the raylet's "N worker processes
+have been started" warning, dead-worker notes) go to ``driver.log`` as well: a
+failing task or actor still fails the command with its own error.
+
 Ray's C++ core also writes notices to the process's own stderr (file
 descriptor 2, below Python); those go to ``<logs>/driver-native.err`` while
 Python's ``sys.stderr`` keeps the terminal.
@@ -106,12 +110,20 @@ def _relay(data: dict) -> None:
         print_worker_logs({**data, "lines": keep}, sys.stderr if data.get("is_err") else sys.stdout, ignore_prefix=True)
 
 
+def _cluster_notice_to_log(data: dict, ignore_prefix: bool) -> None:
+    """Ray's error listener prints the cluster's notices with this (see the module docstring)."""
+    for line in data.get("lines", []):
+        logging.getLogger("ray").warning("(%s) %s", data.get("pid", "cluster"), line.rstrip())
+
+
 def _install_relay() -> None:
     from ray._private import worker as ray_worker
 
     dispatcher = ray_worker.global_worker_stdstream_dispatcher
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", _relay)
+    # the worker-output dispatcher bound the original at connect; only the error listener looks this name up
+    ray_worker.print_to_stdstream = _cluster_notice_to_log
 
 
 def _native_stderr_to(path: str) -> None:

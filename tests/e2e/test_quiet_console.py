@@ -32,6 +32,13 @@ SCRIPT = textwrap.dedent('''
 
     assert ray.get(task.remote(1)) == 2
 
+    @ray.remote
+    def notice():  # as the raylet warns every driver when many worker processes start at once
+        from ray._private.utils import push_error_to_driver
+        push_error_to_driver(ray._private.worker.global_worker, "worker_pool_large", "WARNING: a cluster notice")
+
+    ray.get(notice.remote())
+
     @ray.remote(num_cpus=0.1)
     class Trainer:  # a worker's console_print lines (the training metrics) are relayed, nothing else
         def run(self):
@@ -83,7 +90,9 @@ def test_console_shows_only_the_commands_lines(tmp_path):
     log_dir = next(ln.split(" at ", 1)[1] for ln in lines if ln.startswith("STAGE logs at"))
     assert os.path.isdir(log_dir)
     with open(os.path.join(log_dir, "driver.log")) as f:
-        assert "Started Serve" in f.read()  # Serve's INFO lines land here, not on the console
+        driver_log = f.read()
+    assert "Started Serve" in driver_log  # Serve's INFO lines land here, not on the console
+    assert "a cluster notice" in driver_log  # and the cluster's notices to the driver
     with open(os.path.join(log_dir, "driver-native.err")) as f:
         assert "a native notice" in f.read()
     worker_out = "".join(open(os.path.join(log_dir, n), errors="replace").read() for n in os.listdir(log_dir) if n.startswith("worker-") and n.endswith(".out"))
