@@ -525,12 +525,10 @@ def build_luts(qbytes, weights):
     for q in range(nq):
         for j in range(nbytes):
             sums[0] = 0
-            for v in range(1, 256):
-                low = v & (-v)
-                t = 0
-                while (1 << t) != low:
-                    t += 1
-                sums[v] = sums[v & (v - 1)] + weights[q, 8 * j + t]
+            for t in range(8):  # values with highest set bit t: the same sums plus bit t's weight
+                wt = weights[q, 8 * j + t]
+                for v in range(1 << t, 2 << t):
+                    sums[v] = sums[v - (1 << t)] + wt
             qb = np.intp(qbytes[q, j])
             for v in range(256):
                 lut[q, 256 * j + v] = sums[v ^ qb]
