@@ -233,7 +233,8 @@ def make_index(root: str, workdir: str, items: int = 2000) -> str:
 
     from qadwh_ray.data.fashion import load_fashion_mnist
     from qadwh_ray.model import ModelConfig, build_model, encode, load_checkpoint, save_checkpoint
-    from qadwh_ray.serving.testing import checkpoint_record, write_index_version
+    from qadwh_ray.index import checkpoint_record, write_index
+    from qadwh_ray.model.checkpoint import load_payload
 
     torch.manual_seed(0)
     ckpt = os.path.join(workdir, "model.pt")
@@ -243,8 +244,8 @@ def make_index(root: str, workdir: str, items: int = 2000) -> str:
     codes = encode(load_checkpoint(ckpt), images[rows]).codes
     lab = np.zeros((items, 10), np.uint8)
     lab[np.arange(items), labels[rows]] = 1
-    return write_index_version(root, rows, codes, lab, num_shards=1, checkpoint=checkpoint_record(ckpt),
-                               sources=[{"kind": "fashion", "uri": "fashion:all", "rows": items}])
+    return write_index(root, rows, codes, lab, num_shards=1, checkpoint=checkpoint_record(load_payload(ckpt)),
+                       sources=[{"kind": "fashion", "uri": "fashion:all", "rows": items}]).version
 
 
 def serve_phase(index_root: str, burst_s: float, clients: int) -> dict:

@@ -193,7 +193,8 @@ def spread_checkpoint(path: str, nbits: int, seed: int = 0) -> str:
 def build_bench_index(work: str, items: int, shards: int, nbits: int, bases: int, log) -> tuple[str, str, str]:
     from qadwh_ray.data.fashion import CLASS_NAMES, load_fashion_mnist
     from qadwh_ray.model import encode, load_checkpoint
-    from qadwh_ray.serving.testing import checkpoint_record, write_index_version
+    from qadwh_ray.index import checkpoint_record, write_index
+    from qadwh_ray.model.checkpoint import load_payload
 
     params = {"items": items, "shards": shards, "nbits": nbits, "bases": bases, "format": 1}
     marker = os.path.join(work, "bench-index.json")
@@ -219,16 +220,16 @@ def build_bench_index(work: str, items: int, shards: int, nbits: int, bases: int
     lab[ids, labels[ids % bases]] = 1
     t = time.perf_counter()
     root = os.path.join(work, "index")
-    version = write_index_version(
+    version = write_index(
         root,
         ids,
         codes,
         lab,
         num_shards=shards,
-        checkpoint=checkpoint_record(ck),
+        checkpoint=checkpoint_record(load_payload(ck)),
         sources=[{"kind": "synthetic", "uri": f"fashion:{bases}-bases+3%-bit-flips", "rows": items}],
         class_names=CLASS_NAMES,
-    )
+    ).version
     log(f"wrote {items} items in {shards} shards ({version}) in {time.perf_counter() - t:.1f} s")
     with open(marker, "w") as f:
         json.dump({"params": params, "root": root, "version": version, "checkpoint": ck}, f)

@@ -1,4 +1,4 @@
-"""The index on storage: format (shards + manifest), versioned store, reader.
+"""The index on storage: format (shards + manifest), writer, versioned store, reader.
 
 No Ray here: Serve replicas, evaluation and tests read indexes with plain
 pyarrow; only :mod:`qadwh_ray.indexing` (the Ray Data build) imports Ray.
@@ -17,7 +17,7 @@ from qadwh_ray.index.format import (
 )
 from qadwh_ray.index.reader import IndexReader, load_index, load_manifest, open_index
 from qadwh_ray.index.store import IndexStore, NoCurrentVersionError, Pointer, VersionNotFoundError
-from qadwh_ray.index.writer import write_index
+from qadwh_ray.index.writer import checkpoint_record, write_index
 
 __all__ = [
     "BIT_ORDER",
@@ -32,6 +32,7 @@ __all__ = [
     "ShardData",
     "ShardInfo",
     "VersionNotFoundError",
+    "checkpoint_record",
     "load_index",
     "load_manifest",
     "open_index",

@@ -1,4 +1,4 @@
-"""The index format (DESIGN.md §5): Parquet shards + a JSON manifest.
+"""The index format (docs/architecture.md, 'The index'): Parquet shards + a JSON manifest.
 
 A version of an index is a directory::
 

@@ -1,4 +1,4 @@
-"""Versioned index layout on a local path or ``s3://`` prefix (DESIGN.md §5).
+"""Versioned index layout on a local path or ``s3://`` prefix (docs/architecture.md, 'The index').
 
 Layout under an index root::
 

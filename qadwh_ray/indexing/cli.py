@@ -113,7 +113,8 @@ def _options(args: argparse.Namespace):
 
 def cmd_index(args: argparse.Namespace) -> int:
     from qadwh_ray.index.format import IndexFormatError
-    from qadwh_ray.indexing.pipeline import BadInputError, IndexBuildError, build_index
+    from qadwh_ray.indexing.errors import BadInputError, IndexBuildError
+    from qadwh_ray.indexing.pipeline import build_index
     from qadwh_ray.indexing.reindex import CheckFailed, reindex
 
     prog = "qadwh index"

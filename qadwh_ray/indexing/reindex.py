@@ -29,7 +29,7 @@ import numpy as np
 from qadwh_ray import storage
 from qadwh_ray.index.format import Manifest, ShardData, check_shard_bytes, shard_data_from_table
 from qadwh_ray.index.store import IndexStore
-from qadwh_ray.indexing.pipeline import BuildOptions, BuildResult, IndexBuildError, _pause_before_publish, build_index
+from qadwh_ray.indexing.pipeline import BuildOptions, BuildResult, IndexBuildError, build_index, publish_version
 from qadwh_ray.model.checkpoint import newest_checkpoint
 
 __all__ = ["CheckOptions", "CheckFailed", "newest_checkpoint", "load_queries", "query_set", "map_of_index", "run_checks", "reindex"]
@@ -312,9 +312,7 @@ def reindex(
     m.checks = figures
     store.write_staged_manifest(m)
     if bopts.publish:
-        _pause_before_publish()
-        store.publish(m.version, m)
-        result.deleted = store.cleanup(keep=bopts.keep)
+        result.deleted = publish_version(store, m, bopts.keep)
         result.published = True
         result.uri = store.version_uri(m.version)
     return result

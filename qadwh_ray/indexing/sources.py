@@ -95,8 +95,7 @@ class SourcePlan:
         if self.kind in ("fashion", "fashion-augmented"):
             from qadwh_ray.data.fashion import load_fashion_mnist
 
-            # the built-in 70,000 base images (55 MB) go to the object store once; every
-            # task maps them zero-copy instead of decompressing the IDX files again
+            # the built-in images go to the object store once: tasks map them zero-copy, not re-decompress them
             images, labels = load_fashion_mnist()
             ids = _fashion_ids(self.params["part"], self.params["split_seed"]) if self.kind == "fashion" else None
             base = ray.put({"images": images, "labels": labels, "ids": ids})

@@ -51,7 +51,8 @@ def serving_rgb12(ray_cluster, tmp_path_factory):
 
     import serving_support as S
     from qadwh_ray.model import encode, load_checkpoint
-    from qadwh_ray.serving.testing import checkpoint_record, write_index_version
+    from qadwh_ray.index import checkpoint_record, write_index
+    from qadwh_ray.model.checkpoint import load_payload
 
     d = tmp_path_factory.mktemp("serving-rgb12")
     folder = str(d / "clothes")
@@ -63,11 +64,11 @@ def serving_rgb12(ray_cluster, tmp_path_factory):
     codes = encode(load_checkpoint(ck), pixels).codes
     ids = np.arange(len(paths), dtype=np.int64)
     root = str(d / "index")
-    version = write_index_version(
-        root, ids, codes, labels, num_shards=2, checkpoint=checkpoint_record(ck),
+    version = write_index(
+        root, ids, codes, labels, num_shards=2, checkpoint=checkpoint_record(load_payload(ck)),
         sources=[{"kind": "folder", "uri": folder, "rows": len(paths), "mode": "RGB"}],
         item_sources=paths, class_names=names,
-    )
+    ).version
     name = "qadwh-rgb12"
     base = S.deploy(S.app_args(root), name, "/rgb12")
     yield {"base": base, "root": root, "version": version, "checkpoint": ck, "ids": ids, "codes": codes,

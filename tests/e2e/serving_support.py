@@ -80,21 +80,22 @@ def encode_rows(checkpoint: str, rows: np.ndarray):
 
 def build_index(root: str, checkpoint: str, rows: np.ndarray, num_shards: int = 2, version: str | None = None, publish: bool = True) -> IndexFixture:
     from qadwh_ray.data.fashion import CLASS_NAMES
-    from qadwh_ray.serving.testing import checkpoint_record, write_index_version
+    from qadwh_ray.index import checkpoint_record, write_index
+    from qadwh_ray.model.checkpoint import load_payload
 
     res, lab, imgs = encode_rows(checkpoint, rows)
-    v = write_index_version(
+    v = write_index(
         root,
         rows,
         res.codes,
         lab,
         num_shards=num_shards,
-        checkpoint=checkpoint_record(checkpoint),
+        checkpoint=checkpoint_record(load_payload(checkpoint)),
         sources=[{"kind": "fashion", "uri": "fashion:all", "rows": int(rows.size)}],
         class_names=CLASS_NAMES,
         version=version,
         publish=publish,
-    )
+    ).version
     return IndexFixture(root, checkpoint, v, rows, res.codes, lab, imgs)
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from index_helpers import local_codes, save_model
 
-from qadwh_ray.index import IndexStore, open_index
-from qadwh_ray.index.writer import write_index
+from qadwh_ray.index import IndexStore, open_index, write_index
 from qadwh_ray.indexing import BuildOptions, build_index
+from qadwh_ray.indexing.faults import KILL_ENCODER_ENV, PAUSE_BEFORE_PUBLISH_ENV
 from qadwh_ray.indexing.sources import fashion_augmented_images
 
 pytestmark = pytest.mark.ray
@@ -27,7 +27,7 @@ def test_encoder_actor_killed_mid_build_every_item_exactly_once(ray_cluster, tmp
     root = str(tmp_path / "index")
     n = 900
     res = build_index(ckpt, f"fashion-augmented:{n}", root,
-                      BuildOptions(shards=2, block_rows=150, batch_size=150, actors=1, fault_marker=str(marker)))
+                      BuildOptions(shards=2, block_rows=150, batch_size=150, actors=1, worker_env={KILL_ENCODER_ENV: str(marker)}))
     assert marker.exists()  # an encoder process did die (os._exit) during the build
     assert int(marker.read_text()) > 0
     assert res.manifest.num_items == n
@@ -43,7 +43,7 @@ def test_build_killed_before_publish_leaves_current_untouched(ray_cluster, tmp_p
     rng = np.random.default_rng(0)
     write_index(root, np.arange(50), rng.integers(0, 256, (50, 2), dtype=np.uint8), code_bits=16, version="v-old")
     marker = tmp_path / "about-to-publish"
-    env = {**os.environ, "QADWH_FAULT_PAUSE_BEFORE_PUBLISH": str(marker), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, PAUSE_BEFORE_PUBLISH_ENV: str(marker), "PYTHONPATH": str(REPO)}
     address = ray_cluster.get_runtime_context().gcs_address
     cmd = [sys.executable, str(REPO / "jobs" / "index.py"), "--checkpoint", ckpt, "--source", "fashion-augmented:300",
            "--out", root, "--shards", "2", "--block-rows", "150", "--batch-size", "150", "--ray-address", address]

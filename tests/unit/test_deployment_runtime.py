@@ -27,14 +27,14 @@ def test_the_index_root_comes_from_the_environment_when_args_give_none(monkeypat
 
 
 def _publish(root: str) -> str:
-    from qadwh_ray.serving.testing import write_index_version
+    from qadwh_ray.index import write_index
 
     ids = np.arange(8, dtype=np.int64)
     codes = np.arange(16, dtype=np.uint8).reshape(8, 2)
     from qadwh_ray.model import ModelConfig
 
     ckpt = {"uri": "/nowhere/model.pt", "sha256": "0" * 64, "model_config": ModelConfig(nbits=16).to_dict()}
-    return write_index_version(root, ids, codes, None, num_shards=2, checkpoint=ckpt)
+    return write_index(root, ids, codes, None, num_shards=2, checkpoint=ckpt).version
 
 
 def test_a_service_deployed_before_its_first_index_waits_for_it(tmp_path):

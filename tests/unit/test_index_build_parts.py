@@ -10,7 +10,8 @@ import pytest
 from qadwh_ray import storage
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index.format import ShardInfo, check_shard_bytes, shard_data_from_table, shard_of_ids
-from qadwh_ray.indexing.pipeline import IndexBuildError, _write_parts, compact_shard
+from qadwh_ray.indexing.errors import IndexBuildError
+from qadwh_ray.indexing.parts import compact_shard, write_parts
 from qadwh_ray.indexing.sources import _catalog_batch, fashion_augmented_images, plan_source
 
 
@@ -107,8 +108,8 @@ def test_parts_then_compaction_exactly_once(tmp_path):
     n_rows, shards = 100, 3
     batches = [_encoded_batch(range(s, s + 25), np.arange(s, s + 25) * 7) for s in range(0, 100, 25)]
     batches[1]["bad"][4] = "id 196 (s29): cannot decode image"
-    recs = [_write_parts(b, parts, shards, 16, True) for b in batches]
-    again = _write_parts(batches[2], parts, shards, 16, True)  # a retried task rewrites the same part names
+    recs = [write_parts(b, parts, shards, 16, True) for b in batches]
+    again = write_parts(batches[2], parts, shards, 16, True)  # a retried task rewrites the same part names
     assert sorted(again["file"].tolist()) == sorted(recs[2]["file"].tolist())
     bad = [(int(r), str(m)) for rec in recs for k, r, m in zip(rec["kind"], rec["_row"], rec["reason"]) if k == "bad"]
     assert bad == [(29, "id 196 (s29): cannot decode image")]
@@ -130,15 +131,15 @@ def test_parts_then_compaction_exactly_once(tmp_path):
 
 def test_compaction_refuses_overlapping_parts(tmp_path):
     parts = str(tmp_path / "_parts")
-    a = _write_parts(_encoded_batch(range(0, 10), range(0, 10)), parts, 1, 16, True)
-    b = _write_parts(_encoded_batch(range(5, 15), range(5, 15)), parts, 1, 16, True)
+    a = write_parts(_encoded_batch(range(0, 10), range(0, 10)), parts, 1, 16, True)
+    b = write_parts(_encoded_batch(range(5, 15), range(5, 15)), parts, 1, 16, True)
     with pytest.raises(IndexBuildError, match="source row 5 was encoded more than once"):
         compact_shard(0, [*a["file"], *b["file"]], str(tmp_path / "s.parquet"), 16, 15)
 
 
 def test_compaction_reports_duplicate_ids_keeping_the_first(tmp_path):
     parts = str(tmp_path / "_parts")
-    rec = _write_parts(_encoded_batch(range(0, 6), [10, 11, 12, 11, 13, 10]), parts, 1, 16, True)
+    rec = write_parts(_encoded_batch(range(0, 6), [10, 11, 12, 11, 13, 10]), parts, 1, 16, True)
     res = compact_shard(0, list(rec["file"]), str(tmp_path / "s.parquet"), 16, 6)
     assert res["info"]["rows"] == 4
     dups = sorted((d["row"], d["id"]) for d in res["duplicates"])

@@ -19,7 +19,7 @@ def index_root(tmp_path):
     labels = np.eye(10, dtype=np.uint8)[rng.integers(0, 10, n)]
     root = str(tmp_path / "idx")
     write_index(root, ids, codes, labels, code_bits=32, num_shards=3, version="v1",
-                sources=[f"img-{i}.png" for i in ids], checkpoint={"uri": "x", "sha256": "0" * 64})
+                item_sources=[f"img-{i}.png" for i in ids], checkpoint={"uri": "x", "sha256": "0" * 64})
     return root, ids, codes, labels
 
 
