@@ -172,7 +172,7 @@ def plain_pipeline(checkpoint: str, n: int, out: str, block: int, threads: int, 
 
     import torch
 
-    from qadwh_ray.index.writer import write_index
+    from qadwh_ray.index.writer import checkpoint_record, write_index
     from qadwh_ray.indexing.pipeline import auto_num_shards
     from qadwh_ray.model import encode
     from qadwh_ray.model.checkpoint import load_payload, model_from_payload
@@ -194,7 +194,7 @@ def plain_pipeline(checkpoint: str, n: int, out: str, block: int, threads: int, 
     labels = np.zeros((n, classes_n), dtype=np.uint8)
     labels[np.arange(n), classes] = 1
     write_index(out, ids, codes, labels, code_bits=nbits, num_shards=auto_num_shards(n), num_classes=classes_n,
-                checkpoint={k: payload[k] for k in ("uri", "sha256", "model_config")}, keep=1)
+                checkpoint=checkpoint_record(payload), keep=1)
     secs = time.perf_counter() - t
     return {"seconds": round(secs, 2), "images_per_s": round(n / secs, 1)}
 
