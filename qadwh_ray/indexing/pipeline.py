@@ -273,8 +273,7 @@ def encode_to_parts(plan: BuildPlan, opts: BuildOptions, workers: Workers) -> En
     ds = plan.source.dataset(
         block_rows=opts.block_rows, decode_cpus=opts.decode_cpus, runtime_env=workers.runtime_env, tasks=workers.read_tasks
     )
-    # Ray Data's defaults restart a dead encoder actor and retry its batches (max_restarts=-1,
-    # max_task_retries=-1); Ray core retries read/write tasks whose worker died
+    # Ray Data's defaults (max_restarts=-1, max_task_retries=-1) restart a dead actor and retry its batches
     ds = ds.map_batches(
         Encoder,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers.actors),

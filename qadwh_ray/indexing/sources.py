@@ -43,9 +43,7 @@ import pyarrow.parquet as pq
 
 from qadwh_ray import storage
 
-# qadwh_ray.data.transforms (decode_image, augment) imports torch: it is imported
-# inside the functions that need it, so read/write task workers of sources that
-# need no decoding never load torch.
+# data.transforms imports torch: imported inside the functions that decode, so other tasks never load torch
 
 __all__ = ["SourcePlan", "plan_source", "dataset_of", "FASHION_PARTS", "AUGMENT_CHUNK", "fashion_augmented_images"]
 
