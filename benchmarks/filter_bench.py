@@ -43,7 +43,8 @@ def _best(fn, rounds: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     from qadwh_ray.core.filters import topk_among
     from qadwh_ray.core.live import Change, LiveIndex, LiveQuery
-    from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
+    from qadwh_ray.core.hamming import query_weights, reference_distances
+    from qadwh_ray.core.search import HashIndex
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=1_000_000)

@@ -1,15 +1,17 @@
-"""Exact top-k over part of an index: label filters, a Hamming radius, hidden items.
+"""Exact top-k over part of an index: label filters and hidden items.
 
 Every function here answers "the top k under ``(distance, id)`` among the
 items allowed by a boolean mask over the index's positions (id order)", with
-the canonical distances of :mod:`qadwh_ray.core.search`, so a restricted
+the canonical distances of :mod:`qadwh_ray.core.hamming`, so a restricted
 answer equals brute force over the allowed items, ties included, and merges
 across shards with :func:`qadwh_ray.core.topk.merge_topk` like any other.
+(A Hamming radius, with or without a mask, is
+:meth:`qadwh_ray.core.search.HashIndex.search_within_radius`.)
 
 Two ways to get there, both exact:
 
 * a selective mask (few allowed items) scans only the allowed codes through
-  per-byte tables (:func:`~qadwh_ray.core.search.table_distances`);
+  per-byte tables (:func:`~qadwh_ray.core.hamming.snapped_distances`);
 * a broad mask asks the index's fast scan for a larger top-k' and keeps the
   allowed items: the top-k' is a prefix of the total order, so the allowed
   items in it are the allowed items' own prefix; k' grows until k of them are
@@ -24,9 +26,11 @@ from typing import Optional
 
 import numpy as np
 
-from qadwh_ray.core.search import HashIndex, query_weights, table_distances
+from qadwh_ray.core.hamming import hamming_distances, query_weights, snapped_distances
+from qadwh_ray.core.search import HashIndex
+from qadwh_ray.core.topk import smallest_k
 
-__all__ = ["LabelFilter", "topk_among", "radius_topk", "topk_of_codes", "SUBSET_SCAN_FRACTION"]
+__all__ = ["LabelFilter", "topk_among", "topk_of_codes", "SUBSET_SCAN_FRACTION"]
 
 #: Masks allowing at most this fraction of the items are scanned directly; above it an
 #: enlarged search through the compiled scan costs less (docs/benchmarks.md, filters).
@@ -67,16 +71,6 @@ def _padded(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), np.inf), np.full((nq, k), -1, dtype=np.int64)
 
 
-def _smallest(d: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k smallest of ``d`` under (value, position): ids ascend with position,
-    so this is the (distance, id) order."""
-    if d.size > 4 * k:
-        kth = np.partition(d, k - 1)[k - 1]
-        cand = np.flatnonzero(d <= kth)  # every item that can be in the top k, ties at the k-th included
-        return cand[np.argsort(d[cand], kind="stable")[:k]]
-    return np.argsort(d, kind="stable")[:k]
-
-
 def topk_of_codes(query_codes, codes, ids, weights, mode: str, k: int, nbits: int, radius: Optional[int] = None):
     """Top k of every query among ``codes``/``ids`` (ids ascending) by direct scan; with
     ``radius``, only codes within that Hamming distance. Returns padded ``(d, ids)``."""
@@ -85,14 +79,13 @@ def topk_of_codes(query_codes, codes, ids, weights, mode: str, k: int, nbits: in
     if codes.shape[0] == 0 or nq == 0:
         return dist, out
     w_int, exps = query_weights(weights, mode, nq, nbits)
-    ones = np.ones(codes.shape[1] * 8, dtype=np.int64)  # padding bits never differ
     for i in range(nq):
-        d = table_distances(query_codes[i], codes, w_int[i], exps[i])
+        d = snapped_distances(query_codes[i : i + 1], codes, w_int[i : i + 1], exps[i : i + 1])[0]
         sel = None
         if radius is not None and radius < nbits:
-            sel = np.flatnonzero(table_distances(query_codes[i], codes, ones, 0) <= radius)
+            sel = np.flatnonzero(hamming_distances(query_codes[i : i + 1], codes)[0] <= radius)
             d = d[sel]
-        order = _smallest(d, k)
+        order = smallest_k(d, k)
         pick = order if sel is None else sel[order]
         dist[i, : order.size] = d[order]
         out[i, : order.size] = ids[pick]
@@ -134,30 +127,4 @@ def topk_among(index: HashIndex, codes: np.ndarray, query_codes, weights, mode: 
             out[todo[row], : sel.size] = got[row, sel]
         todo = todo[~done]
         kk = min(n, kk * 4)
-    return dist, out
-
-
-def radius_topk(index: HashIndex, codes: np.ndarray, query_codes, weights, mode: str, k: int, radius: int,
-                allowed: Optional[np.ndarray] = None):
-    """Top k under the mode's distance among the items within Hamming ``radius`` of each
-    query (and ``allowed``, when given). Returns padded ``(d (nq, k), ids (nq, k))``."""
-    nq = query_codes.shape[0]
-    dist, out = _padded(nq, k)
-    if len(index) == 0 or nq == 0:
-        return dist, out
-    w_int, exps = query_weights(weights, mode, nq, index.nbits)
-    lims, _, cand_all = index.range_search(query_codes, int(radius))
-    ids = index.ids
-    for i in range(nq):
-        cand = np.sort(cand_all[lims[i] : lims[i + 1]])
-        pos = np.searchsorted(ids, cand)
-        if allowed is not None:
-            ok = allowed[pos]
-            cand, pos = cand[ok], pos[ok]
-        if cand.size == 0:
-            continue
-        d = table_distances(query_codes[i], codes[pos], w_int[i], exps[i])
-        order = _smallest(d, k)
-        dist[i, : order.size] = d[order]
-        out[i, : order.size] = cand[order]
     return dist, out

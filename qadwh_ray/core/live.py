@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from qadwh_ray.core.filters import LabelFilter, radius_topk, topk_among, topk_of_codes
+from qadwh_ray.core.filters import LabelFilter, topk_among, topk_of_codes
 from qadwh_ray.core.search import HashIndex
 
 __all__ = ["Change", "LiveQuery", "LiveIndex", "View"]
@@ -242,7 +242,7 @@ class LiveIndex:
             return np.full((nq, k), np.inf), np.full((nq, k), -1, dtype=np.int64)
         allowed = self._visible_and_matching(view, flt)
         if radius is not None:
-            return radius_topk(self.index, self.codes, codes, w, mode, k, radius, allowed)
+            return self.index.search_within_radius(codes, k, radius, w, mode=mode, allowed=allowed)
         if allowed is None:
             return self.index.search(codes, k, w, mode=mode, num_threads=self.threads)
         return topk_among(self.index, self.codes, codes, w, mode, k, allowed, self.threads)

@@ -5,36 +5,10 @@ ids and optional 0/1 labels, and answers exact top-k queries under the plain
 Hamming distance, one weight vector for all queries (DWH) or one weight vector
 per query (QaDWH, paper eq. 15), plus Hamming-radius lookups.
 
-Distance definition (exact, the same on every path and every shard)
---------------------------------------------------------------------
-Floating-point sums depend on their order, so "equal to brute force, ties
-included" needs a canonical distance. Weights are *snapped* onto a
-fixed-point grid per query and distances are exact sums on that grid:
-
-* ``S = 52 - ceil(log2(nbits))`` grid bits, so ``nbits * 2**S <= 2**52``;
-* for a weight row ``w`` (float64, every ``w_k >= 0`` and finite) with
-  ``wmax = max(w) > 0`` and ``wmax = m * 2**E`` (``0.5 <= m < 1``, i.e.
-  ``E = math.frexp(wmax)[1]``): the unit is ``2**e`` with
-  ``e = max(E - S, -1074)`` and the integer weights are
-  ``W_k = round_half_even(w_k / 2**e)`` (so ``W_k <= 2**S``); a row of zeros
-  has ``e = 0`` and ``W = 0``. (The clamp at -1074 only matters for weights
-  below about 1e-292: it keeps every distance an exact float64, subnormals
-  included.)
-* ``D(q, x) = ldexp(sum_k W_k [b_qk != b_xk], e)``, returned as float64.
-
-The integer sum is below ``2**53`` and is computed in int64, so every
-summation order (lookup tables, the linear form on a GPU in float64, a Python
-loop) gives the same integer, and the float64 value is that integer times a
-power of two, so the ordering of the returned distances is the ordering of
-the integers. The snapping error is at most ``nbits * 2**(e-1)``, a relative
-``2**-46`` of ``wmax`` for 64-bit codes. ``mode="hamming"`` uses ``W = 1``,
-``e = 0``: distances are the integer Hamming distances as float64.
-
-Code lengths that are not a multiple of 8 (e.g. the paper's 12 bits) follow
-:mod:`qadwh_ray.core.bits`: codes are stored padded with zero bits to whole
-bytes, and ``nbits`` above is the real length (the grid ``S`` and the snapped
-weights are those of the unpadded weights; padding bits weigh 0 and never
-differ), so every distance is that of the unpadded codes.
+Distances are the canonical weighted Hamming distances of
+:mod:`qadwh_ray.core.hamming` (weights snapped to a per-query fixed-point grid,
+exact int64 sums), so every path and every shard gives the same number, and
+the evaluation's rankings are those of this search.
 
 Results are ordered by ``(distance, id)`` — DESIGN.md §3's one total order —
 so they are deterministic and identical whether the database is one index or
@@ -72,18 +46,19 @@ product on the GPU (:mod:`qadwh_ray.core.search_gpu`) with identical results.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from qadwh_ray.core.bits import check_code_length, check_codes, code_bytes, pad_weights
+from qadwh_ray.core.hamming import MIN_EXPONENT, MODES, grid_bits, query_weights, snapped_distances, validated_weights
+from qadwh_ray.core.hamming import reference_distances  # noqa: F401 — indexing/reindex.py still imports it from here
+from qadwh_ray.core.topk import check_k, smallest_k
 
 Mode = Literal["qadwh", "dwh", "hamming"]
 Strategy = Literal["auto", "two_stage", "exhaustive"]
 
-MODES = ("qadwh", "dwh", "hamming")
 _STRATEGY_CODES = {"auto": 0, "two_stage": 1, "exhaustive": 2}
 
 #: Database positions per block of the CPU scan (a multiple of 8).
@@ -92,115 +67,6 @@ BLOCK = 4096
 MIN_PART = 1 << 16
 #: Codes converted to planes per step of add() (bounds its transient memory).
 _ADD_CHUNK = 1 << 14
-#: Smallest unit exponent: ``ldexp(s, e)`` with ``e >= -1074`` and ``s < 2**53`` is exact (subnormals included).
-_MIN_EXP = -1074
-
-
-def grid_bits(nbits: int) -> int:
-    """``S``: the number of fixed-point bits of a snapped weight (see the module docstring)."""
-    return 52 - math.ceil(math.log2(nbits))
-
-
-def snap_weights(weights: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Snap ``(nq, nbits)`` non-negative weights to integers.
-
-    Returns ``(W, e)``: int64 ``(nq, nbits)`` integer weights and int64
-    ``(nq,)`` exponents, with distances ``ldexp(sum W_k [bits differ], e)``
-    (module docstring). Weights must already be validated (finite, >= 0).
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 2 or w.shape[1] != nbits:
-        raise ValueError(f"weights must be (nq, {nbits}), got shape {w.shape}")
-    wmax = w.max(axis=1) if w.shape[0] else np.zeros(0)
-    _, big_e = np.frexp(wmax)
-    exps = np.where(wmax > 0, np.maximum(big_e.astype(np.int64) - grid_bits(nbits), _MIN_EXP), 0).astype(np.int64)
-    scaled = np.ldexp(w, (-exps)[:, None].astype(np.int32))
-    return np.rint(scaled).astype(np.int64), exps
-
-
-def _check_weights(weights, shape: tuple[int, ...], what: str) -> np.ndarray:
-    if weights is None:
-        raise ValueError(f"{what} requires weights of shape {shape}, got None")
-    w = np.asarray(weights)
-    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
-        raise TypeError(f"weights must be a real (float or integer) array, got dtype {w.dtype}")
-    if w.shape != shape:
-        raise ValueError(f"{what} requires weights of shape {shape}, got {w.shape}")
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    if w.size:
-        lo, hi = float(w.min()), float(w.max())  # NaN and inf show in the extremes
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(w))[0])
-            raise ValueError(f"weights must be finite, got {w[idx]} at index {idx}")
-        if lo < 0:
-            idx = tuple(int(i) for i in np.argwhere(w < 0)[0])
-            raise ValueError(f"weights must be non-negative, got {w[idx]} at index {idx}")
-        if hi > 1e300:
-            raise ValueError(f"weights must be at most 1e300 (distances would overflow), got {hi}")
-    return w
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {k!r}")
-    k = int(k)
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    return k
-
-
-def validated_weights(weights, mode: str, nq: int, nbits: int) -> np.ndarray:
-    """Weights for ``mode`` as a C-contiguous float64 ``(nq, nbits)`` array (``(nq, 0)`` for hamming)."""
-    if mode == "hamming":
-        return np.zeros((nq, 0), dtype=np.float64)
-    if mode == "dwh":
-        w = _check_weights(weights, (nbits,), "mode='dwh' (one weight vector for every query)")
-        return np.ascontiguousarray(np.broadcast_to(w, (nq, nbits)))
-    if mode == "qadwh":
-        return _check_weights(weights, (nq, nbits), "mode='qadwh' (one weight row per query)")
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def query_weights(weights, mode: str, nq: int, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``weights`` for ``mode`` and snap them: ``(W, e)``, ``e`` int64 ``(nq,)`` and
-    ``W`` int64 ``(nq, 8 * code_bytes(nbits))``, one weight per stored bit (padding bits 0)."""
-    w = validated_weights(weights, mode, nq, nbits)
-    if mode == "hamming":
-        w_int, exps = np.ones((nq, nbits), dtype=np.int64), np.zeros(nq, dtype=np.int64)
-    else:
-        w_int, exps = snap_weights(w, nbits)
-    return pad_weights(w_int, code_bytes(nbits)), exps
-
-
-def reference_distances(query_codes: np.ndarray, codes: np.ndarray, w_int: np.ndarray, exps: np.ndarray) -> np.ndarray:
-    """Brute-force ``(nq, n)`` distances under the canonical definition (numpy, O(nq*n*nbits) memory-light).
-
-    ``w_int`` has one weight per stored bit, as :func:`query_weights` returns them."""
-    qb = np.unpackbits(query_codes, axis=1, bitorder="little").astype(np.int64)
-    db = np.unpackbits(codes, axis=1, bitorder="little").astype(np.int64)
-    out = np.empty((qb.shape[0], db.shape[0]), dtype=np.float64)
-    for i in range(qb.shape[0]):
-        diff = db ^ qb[i]
-        out[i] = np.ldexp((diff @ w_int[i]).astype(np.float64), int(exps[i]))
-    return out
-
-
-_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(bool)
-
-
-def table_distances(query_code: np.ndarray, codes: np.ndarray, w_int: np.ndarray, exp: int) -> np.ndarray:
-    """Canonical distances ``(m,)`` of one query ``(nbytes,)`` to ``codes (m, nbytes)`` through
-    per-byte lookup tables (exact int64 sums, so equal to :meth:`HashIndex.search`'s); for
-    small or scattered subsets of an index, where a full scan would waste work."""
-    nb = codes.shape[1]
-    qbits = np.unpackbits(np.asarray(query_code, dtype=np.uint8), bitorder="little").astype(bool).reshape(nb, 8)
-    w = np.asarray(w_int, dtype=np.int64).reshape(nb, 8)
-    # tables[j, v] = sum_t W[8j+t] * [bit t of v != query bit 8j+t]
-    tables = ((_BYTE_BITS[None, :, :] != qbits[:, None, :]) * w[:, None, :]).sum(axis=2)
-    out = np.zeros(codes.shape[0], dtype=np.int64)
-    for j in range(nb):
-        out += tables[j][codes[:, j]]
-    return np.ldexp(out.astype(np.float64), int(exp))
 
 
 # --------------------------------------------------------------------------- layout
@@ -332,16 +198,22 @@ class HashIndex:
     @property
     def codes(self) -> np.ndarray:
         """The packed codes ``(n, ceil(nbits / 8))`` uint8 in id order (a new array)."""
-        n, lay = self._n, self._layout
-        out = np.empty((n, lay.nbytes), dtype=np.uint8)
+        return self._codes_at(slice(0, self._n))
+
+    def _codes_at(self, sel) -> np.ndarray:
+        """Packed codes of the positions ``sel`` (a slice or an index array), as a new array."""
+        lay = self._layout
+        ids = self._ids[sel]
+        m = ids.shape[0]
+        out = np.empty((m, lay.nbytes), dtype=np.uint8)
         if lay.a:
-            out[:, : lay.o32] = np.ascontiguousarray(self._w[:, :n].T).view(np.uint8)
+            out[:, : lay.o32] = np.ascontiguousarray(self._w[:, sel].T).view(np.uint8)
         if lay.h32:
-            out[:, lay.o32:lay.o32 + 4] = self._t32[:n].astype("<u4").view(np.uint8).reshape(n, 4)
+            out[:, lay.o32:lay.o32 + 4] = self._t32[sel].astype("<u4").view(np.uint8).reshape(m, 4)
         if lay.h16:
-            out[:, lay.o16:lay.o16 + 2] = self._t16[:n].astype("<u2").view(np.uint8).reshape(n, 2)
+            out[:, lay.o16:lay.o16 + 2] = self._t16[sel].astype("<u2").view(np.uint8).reshape(m, 2)
         if lay.h8:
-            out[:, lay.o8] = self._t8[:n]
+            out[:, lay.o8] = self._t8[sel]
         return out
 
     @property
@@ -557,7 +429,7 @@ class HashIndex:
         if strategy not in _STRATEGY_CODES:
             raise ValueError(f"strategy must be one of {tuple(_STRATEGY_CODES)}, got {strategy!r}")
         q = check_codes(query_codes, self._nbits, name="query codes")
-        k = _check_k(k)
+        k = check_k(k)
         nq = q.shape[0]
         w = validated_weights(weights, mode, nq, self._nbits)
         if mode != "hamming":
@@ -571,7 +443,7 @@ class HashIndex:
             return np.zeros((0, k)), np.zeros((0, k), dtype=np.int64)
         from qadwh_ray.core import kernels
 
-        prepared = kernels.prepare_queries(q, w, mode == "hamming", grid_bits(self._nbits), _MIN_EXP)
+        prepared = kernels.prepare_queries(q, w, mode == "hamming", grid_bits(self._nbits), MIN_EXPONENT)
         if dev == "cpu":
             d, p = self._search_cpu(prepared, kk, mode, strategy, num_threads)
         else:
@@ -640,6 +512,53 @@ class HashIndex:
         are ``distances[lims[i]:lims[i+1]]`` (int32 Hamming distances) and
         ``ids[lims[i]:lims[i+1]]``, ordered by ``(distance, id)``.
         """
+        q = check_codes(query_codes, self._nbits, name="query codes")
+        lims, pos, dist = self._within_radius(q, radius)
+        return lims, dist, self._ids[pos]
+
+    def search_within_radius(
+        self,
+        query_codes: np.ndarray,
+        k: int,
+        radius: int,
+        weights: np.ndarray | None = None,
+        *,
+        mode: Mode = "qadwh",
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k under ``mode``'s distance among the items within Hamming ``radius``
+        (inclusive) of each query, and where ``allowed`` (bool ``(len(index),)``, id order) is set.
+
+        ``weights`` and ``mode`` as for :meth:`search`. Returns ``(distances float64 (nq, k),
+        ids int64 (nq, k))`` in ``(distance, id)`` order, rows padded with ``inf`` / ``-1``.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        q = check_codes(query_codes, self._nbits, name="query codes")
+        k = check_k(k)
+        nq = q.shape[0]
+        w_int, exps = query_weights(weights, mode, nq, self._nbits)
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != np.bool_ or allowed.shape != (self._n,):
+                raise ValueError(f"allowed must be a bool mask of shape ({self._n},), got {allowed.dtype} {allowed.shape}")
+        dist = np.full((nq, k), np.inf, dtype=np.float64)
+        out = np.full((nq, k), -1, dtype=np.int64)
+        lims, pos_all, _ = self._within_radius(q, radius)
+        for i in range(nq):
+            pos = np.sort(pos_all[lims[i] : lims[i + 1]])  # id order, so ties stay in (distance, id) order
+            if allowed is not None:
+                pos = pos[allowed[pos]]
+            if pos.size == 0:
+                continue
+            d = snapped_distances(q[i : i + 1], self._codes_at(pos), w_int[i : i + 1], exps[i : i + 1])[0]
+            order = smallest_k(d, k)
+            dist[i, : order.size] = d[order]
+            out[i, : order.size] = self._ids[pos[order]]
+        return dist, out
+
+    def _within_radius(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lims, positions, Hamming distances)`` of the items within ``radius`` of each query."""
         from qadwh_ray.core import kernels
 
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
@@ -647,16 +566,13 @@ class HashIndex:
         radius = int(radius)
         if radius < 0:
             raise ValueError(f"radius must be >= 0, got {radius}")
-        q = check_codes(query_codes, self._nbits, name="query codes")
         if self._n == 0:
             raise ValueError("cannot search an empty index: add codes first")
         radius = min(radius, self._nbits)
         lay = self._layout
-        n = self._n
         qw, qt32, qt16, qt8 = lay.query_planes(q)
-        lims, pos, dist = kernels.range_search_kernel(n, self._w, self._t32, self._t16, self._t8, *lay.flags(),
-                                                      qw, qt32, qt16, qt8, radius, BLOCK)
-        return lims, dist, self._ids[pos]
+        return kernels.range_search_kernel(self._n, self._w, self._t32, self._t16, self._t8, *lay.flags(),
+                                           qw, qt32, qt16, qt8, radius, BLOCK)
 
 
 # --------------------------------------------------------------------------- helpers

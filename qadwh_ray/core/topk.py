@@ -1,7 +1,7 @@
-"""Merging per-shard search results under the one total order ``(distance, id)``.
+"""The one total order of results, ``(distance, id)``: checking k, picking and merging top k.
 
-Every shard returns its exact top k under ``(distance, id)`` (DESIGN.md §3),
-so the global top k is the k smallest of the union under the same order: the
+Every shard returns its exact top k under ``(distance, id)`` (docs/architecture.md,
+'Search'), so the global top k is the k smallest of the union under the same order: the
 merge is exact and the result is identical to searching one unsharded index.
 Padding follows FAISS: id ``-1`` with distance ``inf``; padding always sorts
 after real items, and rows with fewer than k real items come back padded.
@@ -14,12 +14,23 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _check_k(k) -> int:
+def check_k(k) -> int:
+    """``k`` as an int after checking it is a positive integer (a bool is not)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an integer, got {k!r}")
     if int(k) <= 0:
         raise ValueError(f"k must be positive, got {int(k)}")
     return int(k)
+
+
+def smallest_k(d: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest of the 1-D ``d`` under ``(value, position)``; with
+    positions in id order, this is the ``(distance, id)`` order."""
+    if d.size > 4 * k:
+        kth = np.partition(d, k - 1)[k - 1]
+        cand = np.flatnonzero(d <= kth)  # every item that can be in the top k, ties at the k-th included
+        return cand[np.argsort(d[cand], kind="stable")[:k]]
+    return np.argsort(d, kind="stable")[:k]
 
 
 def merge_topk(
@@ -33,7 +44,7 @@ def merge_topk(
     ``(distance, id)``. With ``check_duplicates`` an id returned by two shards
     for the same query is an error (shards must hold disjoint ids).
     """
-    k = _check_k(k)
+    k = check_k(k)
     if len(results) == 0:
         raise ValueError("merge_topk needs at least one shard result")
     dists, idss = [], []

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qadwh_ray.core.bits import pad_weights
 from qadwh_ray.core.hamming import hamming_distances, symbol_hamming_distances, weighted_hamming_distances
 from qadwh_ray.core.metrics import precision_within_radius, ranking_summary
 from qadwh_ray.core.stats import Interval, paired_difference
@@ -60,9 +59,7 @@ def distances_for(r: Ranking, rows: slice) -> np.ndarray:
     if r.query_weights is None:
         return hamming_distances(q, r.db_codes).astype(np.float64)
     w = r.query_weights if r.query_weights.ndim == 1 else r.query_weights[rows]
-    # codes of a length that is not a whole number of bytes carry zero padding bits: weight 0
-    w = pad_weights(np.asarray(w, dtype=np.float64), q.shape[1])
-    return weighted_hamming_distances(q, r.db_codes, w)
+    return weighted_hamming_distances(q, r.db_codes, w)  # the service's distance: its ranking is scored
 
 
 def evaluate_ranking(

@@ -143,7 +143,7 @@ def test_image_queries_equal_in_process_encoding(service):
 
 
 def test_item_id_query_and_radius(service):
-    from qadwh_ray.core.search import query_weights, reference_distances
+    from qadwh_ray.core.hamming import query_weights, reference_distances
     from qadwh_ray.model import encode
 
     base, s, fx = service["base"], service["s"], service["fx"]
@@ -322,7 +322,7 @@ def test_prometheus_metrics(service, ray_cluster):
 
 def _filtered_brute(service, code, weights, mode, k, allowed, radius=None):
     """Brute force over the items ``allowed`` selects (ties by id), canonical distances."""
-    from qadwh_ray.core.search import query_weights, reference_distances
+    from qadwh_ray.core.hamming import query_weights, reference_distances
 
     fx = service["fx"]
     wi, e = query_weights(weights, mode, 1, S.NBITS)

@@ -84,7 +84,7 @@ class States:
 
 
 def brute(items: dict, code: bytes, weights, mode: str, k: int, labels_any=None):
-    from qadwh_ray.core.search import query_weights, reference_distances
+    from qadwh_ray.core.hamming import query_weights, reference_distances
 
     ids = np.asarray(sorted(items), dtype=np.int64)
     if labels_any:

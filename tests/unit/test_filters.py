@@ -1,13 +1,14 @@
-"""Restricted top-k (label filters, radius, masks) and the live index equal brute force, ties included."""
+"""Restricted top-k (label filters, masks, a radius through the live index) and the live index equal brute force, ties included."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from qadwh_ray.core.filters import LabelFilter, radius_topk, topk_among
+from qadwh_ray.core.filters import LabelFilter, topk_among
 from qadwh_ray.core.live import Change, LiveIndex, LiveQuery
-from qadwh_ray.core.search import HashIndex, query_weights, reference_distances, table_distances
+from qadwh_ray.core.hamming import query_weights, reference_distances
+from qadwh_ray.core.search import HashIndex
 
 
 def _data(seed=0, n=1500, nbits=16, c=6):
@@ -45,16 +46,6 @@ def _same(got_d, got_i, want):
     assert (got_i[m:] == -1).all() and np.isinf(got_d[m:]).all()
 
 
-def test_table_distances_equal_the_canonical_definition():
-    rng, ids, codes, _ = _data(1, n=300, nbits=24)
-    q = rng.integers(0, 256, (4, 3), dtype=np.uint8)
-    w = rng.uniform(0, 3, (4, 24))
-    wi, e = query_weights(w, "qadwh", 4, 24)
-    ref = reference_distances(q, codes, wi, e)
-    for i in range(4):
-        assert table_distances(q[i], codes, wi[i], e[i]).tolist() == ref[i].tolist()
-
-
 def test_label_filter_semantics():
     labels = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=np.uint8)
     assert LabelFilter().matches(labels, 4).tolist() == [True] * 4
@@ -81,21 +72,6 @@ def test_topk_among_equals_brute_force_for_every_selectivity(mode, nbits):
             d, got = topk_among(index, codes, q, w, mode, k, allowed)
             for i, want in enumerate(_brute(q, codes, ids, w, mode, k, allowed, nbits=nbits)):
                 _same(d[i], got[i], want)
-
-
-def test_radius_topk_with_a_mask_equals_brute_force():
-    rng, ids, codes, labels = _data(3)
-    index = HashIndex(16, device="cpu")
-    index.add(codes, ids)
-    q = rng.integers(0, 256, (3, 2), dtype=np.uint8)
-    w = rng.uniform(0.1, 2, (3, 16))
-    allowed = LabelFilter(any_of=(1,)).matches(labels, ids.size)
-    for radius, k in ((0, 5), (3, 40), (6, 500)):
-        for mask in (None, allowed):
-            d, got = radius_topk(index, codes, q, w, "qadwh", k, radius, mask)
-            want = _brute(q, codes, ids, w, "qadwh", k, np.ones(ids.size, bool) if mask is None else mask, radius)
-            for i in range(3):
-                _same(d[i], got[i], want[i])
 
 
 def _apply(ids, codes, labels, changes, p):

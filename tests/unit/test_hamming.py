@@ -1,16 +1,22 @@
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadwh_ray.core import hamming
-from qadwh_ray.core.bits import pack_bits, pad_weights, unpack_bits
+from qadwh_ray.core.bits import pack_bits, unpack_bits
 from qadwh_ray.core.hamming import (
     byte_lookup_tables,
     hamming_distances,
+    query_weights,
+    reference_distances,
+    snap_weights,
+    snapped_distances,
     weighted_hamming_distances,
-    weighted_hamming_from_tables,
 )
+from qadwh_ray.core.search import HashIndex
 
 
 def _brute_hamming(q, d):
@@ -86,7 +92,7 @@ def test_weighted_one_vector_and_ones():
 
 
 def test_weighted_equals_linear_form():
-    """D(q,x) = sum_k w_k q_k + sum_k w_k (1 - 2 q_k) b_xk (DESIGN.md §3)."""
+    """D(q,x) = sum_k w_k q_k + sum_k w_k (1 - 2 q_k) b_xk (the GPU search's form)."""
     rng = np.random.default_rng(4)
     q, d = _codes(rng, 5, 4), _codes(rng, 30, 4)
     w = rng.random((5, 32))
@@ -98,20 +104,75 @@ def test_weighted_equals_linear_form():
 def test_tables_definition():
     rng = np.random.default_rng(5)
     q = _codes(rng, 2, 2)
-    w = rng.random((2, 16))
-    T = byte_lookup_tables(q, w)
-    assert T.shape == (2, 2, 256)
+    w_int, e = snap_weights(rng.random((2, 16)), 16)
+    T = byte_lookup_tables(q, w_int)
+    assert T.shape == (2, 2, 256) and T.dtype == np.int64
     qb = unpack_bits(q)
     for i in range(2):
         for j in range(2):
             for v in (0, 1, 77, 255):
                 vb = unpack_bits(np.array([[v]], dtype=np.uint8))[0]
-                ref = sum(w[i, 8 * j + t] for t in range(8) if vb[t] != qb[i, 8 * j + t])
-                assert T[i, j, v] == pytest.approx(ref, abs=1e-15)
-    d = _codes(rng, 3, 2)
-    np.testing.assert_array_equal(weighted_hamming_from_tables(T, d), weighted_hamming_distances(q, d, w))
-    with pytest.raises(ValueError, match="lookup tables"):
-        weighted_hamming_from_tables(T, _codes(rng, 3, 4))
+                assert T[i, j, v] == sum(int(w_int[i, 8 * j + t]) for t in range(8) if vb[t] != qb[i, 8 * j + t])
+    with pytest.raises(ValueError, match="one per stored bit"):
+        byte_lookup_tables(q, w_int[:, :8])
+
+
+def _loop_snap(row, nbits):
+    """The documented snapping, written with math's scalar functions."""
+    s = 52 - math.ceil(math.log2(nbits))
+    wmax = max(row)
+    if wmax == 0:
+        return [0] * nbits, 0
+    e = max(math.frexp(wmax)[1] - s, -1074)
+    return [round(math.ldexp(float(x), -e)) for x in row], e
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([3, 8, 12, 20, 48, 64, 100]), st.integers(0, 2**32 - 1), st.sampled_from(["uniform", "wild", "ties"]))
+def test_weighted_is_the_canonical_distance_bit_for_bit(nbits, seed, kind):
+    """Snapped integer weights, an exact integer sum, times 2**e: equal to a Python loop, not just close."""
+    rng = np.random.default_rng(seed)
+    q, d = pack_bits(rng.integers(0, 2, (3, nbits))), pack_bits(rng.integers(0, 2, (9, nbits)))
+    if kind == "uniform":
+        w = rng.random((3, nbits))
+    elif kind == "wild":  # magnitudes over many binades, some zeros: the snap rounds
+        w = np.ldexp(rng.random((3, nbits)), rng.integers(-60, 60, (3, nbits)))
+        w[rng.random(w.shape) < 0.2] = 0.0
+    else:  # few distinct values: many exactly tied distances
+        w = rng.choice([0.0, 0.1, 0.3], (3, nbits))
+    got = weighted_hamming_distances(q, d, w)
+    qb, db = unpack_bits(q, nbits), unpack_bits(d, nbits)
+    for i in range(3):
+        wi, e = _loop_snap(list(w[i]), nbits)
+        want = [math.ldexp(sum(wi[t] for t in range(nbits) if qb[i, t] != db[j, t]), e) for j in range(9)]
+        assert got[i].tolist() == want
+    w_int, e = query_weights(w, "qadwh", 3, nbits)
+    assert snapped_distances(q, d, w_int, e).tolist() == reference_distances(q, d, w_int, e).tolist() == got.tolist()
+
+
+@pytest.mark.parametrize("nbits", [12, 48])
+@pytest.mark.parametrize("form", ["qadwh", "dwh", "ones"])
+def test_evaluation_ranks_exactly_as_the_search_service(nbits, form):
+    """The evaluation's distances, ranked by (distance, id), are HashIndex.search's answers, ties included:
+    a MAP computed from weighted_hamming_distances is the MAP of what serving returns."""
+    rng = np.random.default_rng(nbits)
+    n, nq = 600, 7
+    codes = pack_bits(rng.integers(0, 2, (n, nbits)))
+    codes[rng.integers(0, n, 200)] = codes[rng.integers(0, n, 200)]  # duplicate codes: exact ties
+    ids = rng.choice(10**6, n, replace=False).astype(np.int64)
+    queries = codes[rng.integers(0, n, nq)]
+    logits = rng.normal(size=(nq, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    w = probs @ rng.uniform(0.2, 1.8, (5, nbits))  # softmax(z) @ W, as the model gives them
+    weights, mode = {"qadwh": (w, "qadwh"), "dwh": (w[0], "dwh"), "ones": (np.ones(nbits), "hamming")}[form]
+    dist = weighted_hamming_distances(queries, codes, weights)
+    index = HashIndex(nbits, device="cpu")
+    index.add(codes, ids)
+    got_d, got_i = index.search(queries, n, None if mode == "hamming" else weights, mode=mode)
+    for r in range(nq):
+        order = np.lexsort((ids, dist[r]))
+        assert got_i[r].tolist() == ids[order].tolist()
+        assert got_d[r].tolist() == dist[r, order].tolist()
 
 
 def test_identical_codes_give_identical_distances():
@@ -130,7 +191,8 @@ def test_identical_codes_give_identical_distances():
         (-np.ones(16), ValueError, "non-negative"),
         (np.full(16, np.nan), ValueError, "finite"),
         (np.full(16, np.inf), ValueError, "finite"),
-        (np.ones(15), ValueError, "length 15"),
+        (np.ones(7), ValueError, "7 weights do not fit 2-byte codes"),
+        (np.ones(17), ValueError, "17 weights do not fit 2-byte codes"),
         (np.ones((3, 16)), ValueError, r"\(3, 16\)"),
         (np.ones((2, 2, 16)), ValueError, "shape"),
         (np.array(["a"] * 16), TypeError, "dtype"),
@@ -142,10 +204,19 @@ def test_weighted_rejects_bad_weights(w, exc, match):
         weighted_hamming_distances(q, q, w)
 
 
+def test_weights_shorter_than_the_stored_bits_need_zero_padding_bits():
+    """15 weights: 15-bit codes, whose 16th bit pads and must be 0."""
+    q = np.zeros((1, 2), np.uint8)
+    d = np.array([[0, 0x80]], np.uint8)
+    with pytest.raises(ValueError, match=r"db_codes: bits 15\.\.15 pad a 15-bit code"):
+        weighted_hamming_distances(q, d, np.ones(15))
+    assert weighted_hamming_distances(q, q, np.ones(15)).tolist() == [[0.0]]
+
+
 def test_negative_weight_error_names_the_value():
     w = np.ones(16)
     w[5] = -0.25
-    with pytest.raises(ValueError, match=r"-0.25.*\(0, 5\)"):
+    with pytest.raises(ValueError, match=r"-0.25 at index \(5,\)"):
         weighted_hamming_distances(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.uint8), w)
 
 
@@ -179,7 +250,7 @@ def test_asymmetric_query_ranks_as_the_inner_product():
     u = np.tanh(rng.normal(size=(5, 12)))
     b = rng.integers(0, 2, (40, 12))
     codes, w = asymmetric_query(u)
-    dw = weighted_hamming_distances(codes, pack_bits(b), pad_weights(w, 2))  # 12 bits: zero weight on the padding
+    dw = weighted_hamming_distances(codes, pack_bits(b), w)
     direct = np.array([[-sum(u[i, k] * (2 * b[j, k] - 1) for k in range(12)) for j in range(40)] for i in range(5)])
     assert 2 * dw - np.abs(u).sum(axis=1, keepdims=True) == pytest.approx(direct, abs=1e-12)
     assert np.array_equal(np.argsort(dw, axis=1, kind="stable"), np.argsort(direct, axis=1, kind="stable"))

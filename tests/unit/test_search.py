@@ -1,6 +1,6 @@
 """Exactness of HashIndex against a brute-force Python reference, ties included.
 
-The reference recomputes the canonical distance of qadwh_ray.core.search
+The reference recomputes the canonical distance of qadwh_ray.core.hamming
 independently: snapped integer weights from ``math.frexp``/``math.ldexp``/
 ``round`` and a Python loop over the bits, then a sort by (distance, id).
 """
@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from qadwh_ray.core import search as search_mod
 from qadwh_ray.core.bits import code_bytes, pack_bits, padding_mask
-from qadwh_ray.core.search import HashIndex, query_weights, reference_distances, snap_weights
+from qadwh_ray.core.hamming import grid_bits, query_weights, reference_distances, snap_weights
+from qadwh_ray.core.search import HashIndex
 from qadwh_ray.core.search_gpu import TorchSearcher
 from qadwh_ray.core.topk import merge_topk
 
@@ -256,7 +257,7 @@ def test_snapped_distances_are_exact_sums_in_any_order():
     for nbits in (8, 64, 136):
         w = make_weights(rng, "model", 3, nbits).astype(np.float64)
         w_int, e = snap_weights(w, nbits)
-        assert w_int.max() <= 2 ** search_mod.grid_bits(nbits)
+        assert w_int.max() <= 2 ** grid_bits(nbits)
         assert w_int.sum(axis=1).max() < 2**53
         # relative snapping error is tiny
         back = np.ldexp(w_int.astype(np.float64), e[:, None].astype(np.int32))
@@ -345,6 +346,41 @@ def test_range_search_equals_brute_force(nbits, n, radius, seed):
         order = keep[np.lexsort((ids[keep], ham[r][keep]))]
         np.testing.assert_array_equal(got_ids[lims[r]:lims[r + 1]], ids[order])
         np.testing.assert_array_equal(dist[lims[r]:lims[r + 1]], ham[r][order].astype(np.int32))
+
+
+@pytest.mark.parametrize("nbits", [16, 12])
+@pytest.mark.parametrize("mode", MODES)
+def test_search_within_radius_equals_brute_force(nbits, mode):
+    """Top k under the mode's distance among the items within a Hamming radius (and a mask), ties by id."""
+    rng = np.random.default_rng(nbits)
+    n, nq = 1500, 3
+    codes = pack_bits(rng.integers(0, 2, (n, nbits)))
+    codes[rng.integers(0, n, 400)] = codes[rng.integers(0, n, 400)]  # duplicate codes: ties
+    ids = rng.choice(10**6, n, replace=False).astype(np.int64)
+    queries = pack_bits(rng.integers(0, 2, (nq, nbits)))
+    w = weights_for(mode, rng.uniform(0.1, 2, (nq, nbits)))
+    index = HashIndex(nbits, device="cpu")
+    index.add(codes, ids)
+    sorted_ids = np.sort(ids)
+    mask = rng.random(n) < 0.4  # over positions in id order
+    dist = reference_distances(queries, codes, *query_weights(w, mode, nq, nbits))
+    ham = reference_distances(queries, codes, *query_weights(None, "hamming", nq, nbits))
+    allowed_by_row = np.isin(ids, sorted_ids[mask])
+    for radius, k in ((0, 5), (3, 40), (6, 500), (nbits, 2000)):
+        for allowed, rows_ok in ((None, np.ones(n, bool)), (mask, allowed_by_row)):
+            d, got = index.search_within_radius(queries, k, radius, w, mode=mode, allowed=allowed)
+            assert d.shape == got.shape == (nq, k)
+            for r in range(nq):
+                sel = np.flatnonzero(rows_ok & (ham[r] <= radius))
+                order = sel[np.lexsort((ids[sel], dist[r, sel]))][:k]
+                m = order.size
+                assert got[r, :m].tolist() == ids[order].tolist()
+                assert d[r, :m].tolist() == dist[r, order].tolist()
+                assert (got[r, m:] == -1).all() and np.isinf(d[r, m:]).all()
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        index.search_within_radius(queries, 3, 2, w, mode=mode, allowed=mask[:-1])
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        index.search_within_radius(queries, 3, -1, w, mode=mode)
 
 
 def test_range_search_radius_two_counts():

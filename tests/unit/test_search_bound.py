@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from qadwh_ray.core import kernels
 from qadwh_ray.core import search as search_mod
 from qadwh_ray.core.bits import code_bytes, padding_mask
-from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
+from qadwh_ray.core.hamming import query_weights, reference_distances
+from qadwh_ray.core.search import HashIndex
 
 NBITS = list(range(8, 137, 8)) + [1, 5, 12, 20, 36, 63, 100, 1000, 4096]  # any length: padded to whole bytes
 WEIGHT_KINDS = ("zero", "equal", "ties", "spread", "wild", "sparse")
