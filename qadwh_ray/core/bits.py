@@ -1,6 +1,6 @@
 """Binary codes: packing bits into bytes and back.
 
-Convention (DESIGN.md §7, FAISS's ``fvec2bitvec``): bit ``t`` of code position
+Convention (FAISS's ``fvec2bitvec``; docs/architecture.md, 'Conventions'): bit ``t`` of code position
 ``8*j + t`` is stored in byte ``j`` at bit position ``t`` — little-endian within
 each byte. Packed codes are C-contiguous ``uint8`` arrays of shape
 ``(n, ceil(nbits / 8))``.
@@ -78,7 +78,7 @@ def unpack_bits(codes: np.ndarray, nbits: int | None = None) -> np.ndarray:
 
 
 def binarize(h: np.ndarray) -> np.ndarray:
-    """Codes from sigmoid activations: b = 1[h >= 0.5] (DESIGN.md §2), packed."""
+    """Codes from sigmoid activations: b = 1[h >= 0.5], packed."""
     h = np.asarray(h)
     if not np.issubdtype(h.dtype, np.floating):
         raise TypeError(f"activations must be floating point, got dtype {h.dtype}")

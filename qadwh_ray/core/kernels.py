@@ -46,9 +46,9 @@ taken once per block, not once per item, and no helper that takes arrays is
 called per item (such calls cost more than the popcount itself).
 
 Distances inside the kernels are int64 sums of integer ("snapped") weights;
-see :mod:`qadwh_ray.core.search` for the definition. Top-k heaps are max-heaps
+see :mod:`qadwh_ray.core.hamming` for the definition. Top-k heaps are max-heaps
 on the pair ``(distance, position)``; positions are in id order, so this is
-the ``(distance, id)`` order of DESIGN.md §3.
+the ``(distance, id)`` order of :mod:`qadwh_ray.core.topk`.
 """
 
 from __future__ import annotations
@@ -464,9 +464,7 @@ def _topk_group(g, W, t32, t16, t8, h32, h16, h8, qw, qt32, qt16, qt8, lut, mask
                 stats[q, s, 2] += 1
             else:
                 stats[q, s, 1] += 1
-                # After a block where the filter let over 30% of the items through, the
-                # exhaustive scan is cheaper: use it for a few blocks before
-                # probing the filter again.
+                # the filter let over 30% through: the exhaustive scan is cheaper for the next few blocks
                 if strategy == STRATEGY_AUTO and 10 * evals > 3 * (b1 - b0):
                     skip[j] = 7
     for q in range(q0, q1):

@@ -2,7 +2,7 @@
 
 Single-label data (class indices) is turned into one-hot rows, so one code
 path serves single- and multi-label data: two items are relevant to each other
-when they share at least one label (DESIGN.md §4).
+when they share at least one label: the relevance rule of every metric and loss.
 """
 
 from __future__ import annotations

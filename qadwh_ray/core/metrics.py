@@ -1,6 +1,6 @@
 """Retrieval metrics: MAP, precision@k, precision within a Hamming radius, PR curves.
 
-Conventions, the same everywhere in the project (DESIGN.md §3):
+Conventions, the same everywhere in the project (docs/architecture.md, 'Conventions'):
 
 * **Tie order.** A ranking sorts items by ``(distance ascending, item id
   ascending)``. Binary codes produce many equal distances; a fixed total order

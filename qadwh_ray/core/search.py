@@ -10,7 +10,7 @@ Distances are the canonical weighted Hamming distances of
 exact int64 sums), so every path and every shard gives the same number, and
 the evaluation's rankings are those of this search.
 
-Results are ordered by ``(distance, id)`` — DESIGN.md §3's one total order —
+Results are ordered by ``(distance, id)`` — the one total order of :mod:`qadwh_ray.core.topk` —
 so they are deterministic and identical whether the database is one index or
 many shards merged with :func:`qadwh_ray.core.topk.merge_topk`. When ``k``
 exceeds the number of items, rows are padded with distance ``inf`` and id

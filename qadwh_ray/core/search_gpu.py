@@ -1,6 +1,6 @@
 """Exact weighted-Hamming top-k in torch (CUDA when present; the same code runs on CPU tensors).
 
-The linear form of DESIGN.md §3: with integer (snapped) weights ``W`` and the
+The linear form of the canonical distance (:mod:`qadwh_ray.core.hamming`): with integer (snapped) weights ``W`` and the
 query bits ``q``, ``D(q, x) = sum_k W_k q_k + sum_k W_k (1 - 2 q_k) x_k``, one
 float64 matrix product of the query coefficients against the database bits,
 unpacked on the device chunk by chunk (the device keeps only packed codes).

@@ -1,7 +1,7 @@
 """Triplet mining and class-balanced batches (numpy).
 
 A triplet ``(a, p, n)``: ``p != a`` shares at least one label with ``a``, ``n``
-shares none (multi-label relevance, DESIGN.md §4). Indices are *global rows* of
+shares none (multi-label relevance, :mod:`qadwh_ray.core.labels`). Indices are *global rows* of
 the label matrix given. For distributed training the label matrix is the whole
 gathered global batch and ``anchor_index`` the rows this worker owns: every
 worker mines its own anchors against all candidates, and the union over workers

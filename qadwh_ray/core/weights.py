@@ -1,4 +1,4 @@
-"""Bit weights: class-wise weight rows, query-adaptive and DWH weights (DESIGN.md §2).
+"""Bit weights: class-wise weight rows, query-adaptive and DWH weights (docs/architecture.md, 'The method').
 
 ``W`` is the ``(c, nbits)`` class-wise weight matrix, non-negative, initialised
 to ones. Three ways of turning it into bit weights:

@@ -1,7 +1,7 @@
 """Fashion-MNIST from the IDX files of Debian's ``dataset-fashion-mnist``.
 
 The 70,000 real 28x28 grayscale images are the project's main benchmark data
-(DESIGN.md §4). The files are gzip-compressed IDX; torchvision's reader
+(docs/architecture.md, 'Data'). The files are gzip-compressed IDX; torchvision's reader
 (``torchvision.datasets.mnist.read_image_file``) only opens uncompressed files,
 so the IDX format (a big-endian header: magic, dims, then raw data) is parsed
 here directly with a strict check of every header field. Uncompressed files

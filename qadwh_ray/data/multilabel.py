@@ -1,7 +1,7 @@
 """A real multi-label set derived from Fashion-MNIST: 2x2 mosaics.
 
 Each mosaic shows four real images; its label set is the union of their
-classes (DESIGN.md §4), which exercises every multi-label path (relevance =
+classes, which exercises every multi-label path (relevance =
 shares at least one label, mean class-weight rows, multi-label softmax loss)
 with real pixels.
 

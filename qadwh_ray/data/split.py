@@ -1,4 +1,4 @@
-"""Query / train / database splits, saved with their seed (DESIGN.md §4).
+"""Query / train / database splits, saved with their seed (docs/architecture.md, 'Data').
 
 The main protocol mirrors the paper's CIFAR-10 one on Fashion-MNIST: 100
 queries and 500 training images per class, and the database is everything

@@ -1,7 +1,7 @@
 """The retrieval experiment's data: a dataset's train / validation / query / database parts.
 
 Any dataset URI (:mod:`qadwh_ray.data.catalog`) with a seeded split: the
-paper's protocol on the built-in sets (DESIGN.md §4), its per-class
+paper's protocol on the built-in sets (docs/architecture.md, 'Data'), its per-class
 generalisation (:func:`~qadwh_ray.data.split.class_split`) on any other
 collection, or a saved ``split.json``. Two kinds of validation, neither touching
 the test queries: ``val_fraction`` holds training images out for the per-epoch

@@ -139,7 +139,7 @@ def _pair_objective(out: HashOutput | AsymmetricOutput, labels: torch.Tensor, cf
 
 @torch.no_grad()
 def project_weights_(W: torch.nn.Parameter, normalise: bool) -> None:
-    """Keep W ≥ 0 (DESIGN §2) and, optionally, each class row at mean 1.
+    """Keep W ≥ 0 (weighted Hamming is a distance only then) and, optionally, each class row at mean 1.
 
     Without the row normalisation the hinge can be met by scaling W up, which
     silently shrinks the margin; with it, W only redistributes importance

@@ -213,8 +213,7 @@ def model_from_payload(payload: dict) -> torch.nn.Module:
     """The network the checkpoint's model config describes (any architecture), weights loaded."""
     model = build_model(ModelConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
-    # Channels-last conv weights make oneDNN's CPU convolutions and max-pooling 1.3-1.75x
-    # faster for inference (benchmarks/encode_bench.py); same values, same codes there.
+    # channels-last: oneDNN's fastest CPU convolutions, same codes (docs/benchmarks.md, "Weight layout")
     return model.to(memory_format=torch.channels_last).eval()
 
 

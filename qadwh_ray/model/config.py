@@ -26,10 +26,8 @@ class ModelConfig:
     # two streams), or the hash layer's activations h, so that the class
     # information must pass through the code (docs/results.md).
     class_input: str = "features"
-    # Encode each image as the mean of the network's outputs on it and on its
-    # horizontal mirror (sigmoid activations before the threshold, class
-    # probabilities for the weights): +0.0045 MAP at 48 bits on Fashion-MNIST
-    # for twice the encoding compute (docs/results.md). Off by default.
+    # Encode each image as the mean of the outputs on it and its mirror: a small MAP
+    # gain for twice the encoding compute (docs/results.md), so off by default.
     flip_average: bool = False
     # Normalisation applied by encode(); stored so a checkpoint encodes raw pixels on its own.
     mean: float | tuple[float, ...] = 0.2860  # one value, or one per channel

@@ -17,10 +17,8 @@ from qadwh_ray.data.transforms import resize, to_float_tensor
 from qadwh_ray.model.network import HashingNetwork, HashOutput
 
 
-# Images per forward pass when the caller does not choose. On CPU a small chunk
-# keeps the compact CNN's activations in cache: 128 images run 1.84x (1 thread) and
-# 1.69x (2 threads) faster than 1,024 (benchmarks/encode_bench.py, docs/benchmarks.md).
-# GPUs want large batches.
+# Images per forward pass when the caller does not choose: on CPU a small chunk keeps the
+# activations in cache (docs/benchmarks.md, "Encoder chunk size"); GPUs want large batches.
 CPU_CHUNK = 128
 GPU_CHUNK = 1024
 

@@ -1,4 +1,4 @@
-"""The two-stream hashing network of QaDWH (DESIGN.md §2).
+"""The two-stream hashing network of QaDWH (docs/architecture.md, 'The method').
 
 backbone → f;  h = sigmoid(A f + a) ∈ (0,1)^q;  z = C f + c (class logits; or
 z = C h + c with ``class_input="codes"``, so the class information runs through the code);
