@@ -49,13 +49,15 @@ Ties are ordered by item id everywhere (:mod:`qadwh_ray.core.topk`).
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import numpy as np
 
 from qadwh_ray.core.bits import check_codes, code_bytes, pad_weights
 
 #: How a query's bits are weighted: per query (QaDWH), one vector for all queries (DWH), or unit weights.
-MODES = ("qadwh", "dwh", "hamming")
+Mode = Literal["qadwh", "dwh", "hamming"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 #: Smallest unit exponent: ``ldexp(s, e)`` with ``e >= -1074`` and ``s < 2**53`` is exact (subnormals included).
 MIN_EXPONENT = -1074

@@ -18,14 +18,13 @@ from hypothesis import strategies as st
 
 from qadwh_ray.core import search as search_mod
 from qadwh_ray.core.bits import code_bytes, pack_bits, padding_mask
-from qadwh_ray.core.hamming import grid_bits, query_weights, reference_distances, snap_weights
+from qadwh_ray.core.hamming import MODES, grid_bits, query_weights, reference_distances, snap_weights
 from qadwh_ray.core.search import HashIndex
 from qadwh_ray.core.search_gpu import TorchSearcher
 from qadwh_ray.core.topk import merge_topk
 
 # whole bytes, and lengths whose codes are zero-padded to whole bytes (the paper's 12 bits among them)
 NBITS = list(range(8, 137, 8)) + [1, 5, 12, 12, 20, 36, 63, 100]
-MODES = ("qadwh", "dwh", "hamming")
 STRATEGIES = ("auto", "two_stage", "exhaustive")
 
 
