@@ -591,7 +591,7 @@ def prepare_queries(qbytes, weights, hamming, grid_bits, min_exp):
     ``weights`` ``(nq, nbits)`` float64, validated (finite, >= 0); ignored when
     ``hamming`` (unit weights). Returns ``(w_int, exps, lut, masks, unit,
     bound_max, qw, qt32, qt16, qt8)``: the snapped integer weights and
-    exponents (definition in :mod:`qadwh_ray.core.search`), the lookup tables,
+    exponents (definition in :mod:`qadwh_ray.core.hamming`), the lookup tables,
     the lower bound (:func:`bound_masks`) and the query planes.
     """
     nq, nbytes = qbytes.shape

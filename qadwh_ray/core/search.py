@@ -3,7 +3,9 @@
 :class:`HashIndex` holds packed codes (``ceil(nbits / 8)`` bytes per item), int64
 ids and optional 0/1 labels, and answers exact top-k queries under the plain
 Hamming distance, one weight vector for all queries (DWH) or one weight vector
-per query (QaDWH, paper eq. 15), plus Hamming-radius lookups.
+per query (QaDWH, paper eq. 15), plus Hamming-radius lookups: every item within a
+radius (:meth:`HashIndex.range_search`), or the top k among them under the
+mode's distance (:meth:`HashIndex.search_within_radius`).
 
 Distances are the canonical weighted Hamming distances of
 :mod:`qadwh_ray.core.hamming` (weights snapped to a per-query fixed-point grid,
