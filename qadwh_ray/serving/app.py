@@ -106,5 +106,7 @@ def build_app(args: "AppArgs | dict") -> Application:
         .options(name="control", num_replicas=1, ray_actor_options={"num_cpus": 0.01}, max_ongoing_requests=100)
         .bind()
     )
-    router = serve.deployment(Router).options(**opts(a.router, "router", user_config=user_config)).bind(ctor, encoder, shards, control)
+    # Serve's late-bound FastAPI ingress: each replica builds its app in Router.__serve_build_asgi_app__
+    ingress = serve.ingress()(Router)
+    router = serve.deployment(ingress).options(**opts(a.router, "router", user_config=user_config)).bind(ctor, encoder, shards, control)
     return router

@@ -121,7 +121,6 @@ class ShardArgs(DeploymentArgs):
 class RouterArgs(DeploymentArgs):
     max_ongoing_requests: int = Field(256, ge=1)
     target_ongoing_requests: float = Field(32.0, gt=0)
-    coalesce: bool = Field(True, description="send concurrent queries to the shards together (one call per shard per batch)")
     max_batch: int = Field(32, ge=1, description="queries per coalesced shard call")
     # 1: fewer, larger shard calls cost the router less CPU per query than overlapping ones
     # (Serve's handle routing and gRPC cost per call; docs/benchmarks.md), and an idle service

@@ -62,11 +62,6 @@ class LoadedShard:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
 
-    @property
-    def image_mode(self) -> str:
-        cfg = self.checkpoint.get("model_config") or {}
-        return "RGB" if int(cfg.get("in_channels", 1)) == 3 else "L"
-
 
 def load_shard_version(root: str, version: str, shard: int, device: str = "cpu", threads: int = 1) -> LoadedShard:
     """Read, verify and index shard ``shard`` of ``version`` (an empty shard when the
@@ -304,12 +299,9 @@ class Shard:
             log.warning("shard %d: item %d (log %d) has a code from another model and no image: hidden in version %s",
                         self.shard, entry.id, entry.seq, data.version)
             return Change(entry.seq, entry.id)
-        from qadwh_ray.data.transforms import decode_image
-
         raw = await asyncio.to_thread(self.update_log.read_image, entry.image)
-        pixels = decode_image(raw, mode=data.image_mode, source=f"update-log image {entry.image[:12]}")
         ref = {"uri": data.checkpoint.get("uri"), "sha256": data.checkpoint.get("sha256")}
-        r = await self.encoder.encode.remote(pixels, ref)
+        r = await self.encoder.encode.remote(raw, ref)  # the encoder decodes it in its model's colour mode
         if not r.get("ok"):
             raise RuntimeError(f"cannot re-encode item {entry.id} of the update log: {r.get('detail')}")
         return Change(entry.seq, entry.id, r["code"], tuple(entry.labels or ()))
