@@ -72,8 +72,7 @@ class Router:
         self.updates = ItemUpdates(self.backends, update_log, UpdateWriter(update_log, self.log_position, a.updates.max_batch),
                                    self.metrics.update)
         await self.log_position.refresh()
-        # The first version is activated by the first reconfigure() (build_app always sets a
-        # user_config; Serve awaits it before sending traffic); the watcher does it otherwise.
+        # reconfigure() activates the first version before traffic (build_app always sets user_config); else the watcher
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.versions.watch(a.poll_interval_s)), loop.create_task(self.log_position.follow())]
 

@@ -121,10 +121,7 @@ def _warm_up(data: LoadedShard) -> None:
 
 # ---------------------------------------------------------------- deployment
 
-# A short search runs inline on the replica's event loop: on small coalesced batches the
-# hop to a worker thread showed up in the shard's profile next to the search itself
-# (docs/benchmarks.md, serving). Longer ones (queries x rows above this, i.e. more than a few ms
-# of scanning) go to a thread, so health checks and other calls never wait long.
+# Up to this many queries x rows (a few ms) a search runs on the event loop: the thread hop would cost as much.
 INLINE_SCAN_ITEMS = 4_000_000
 
 
@@ -154,9 +151,7 @@ class Shard:
         self.store = IndexStore(self.args.index)
         self.update_log = UpdateLog(self.args.index)
         self._replica = _replica_tag()
-        # The first version is loaded by the first reconfigure() (build_app always sets a
-        # user_config), which Serve awaits before the replica takes traffic; the watcher
-        # covers a deployment made without one.
+        # reconfigure() loads the first version before traffic (build_app always sets user_config); else the watcher
         loop = asyncio.get_running_loop()
         self._watcher = loop.create_task(self._watch())
         self._follower = loop.create_task(self._follow_log())
