@@ -389,3 +389,45 @@ def test_uploads_are_decoded_with_clear_errors():
     with pytest.raises(ImageRejected, match="not a decodable image") as e:
         decode_upload(b"GIF89a garbage", "RGB", 400)
     assert e.value.error == "invalid_image"
+
+
+def test_the_encoder_body_decodes_uploads_and_weights_labels_with_the_model(tmp_path):
+    """The real encoder body (no Ray): bytes are decoded in the model's mode and encoded exactly as
+    the pixels would be; a label set's weights are the mean of its classes' rows of ``W``."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from qadwh_ray.model import ModelConfig, build_model, encode, save_checkpoint
+    from qadwh_ray.serving.encoder import QueryEncoder
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(nbits=NBITS)).eval()
+    with torch.no_grad():
+        model.W.copy_(torch.rand_like(model.W) + 0.1)
+    uri = str(tmp_path / "model.pt")
+    save_checkpoint(uri, model)
+    pixels = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([pixels] * 3, axis=-1)).save(buf, format="PNG")  # RGB upload, grayscale model
+
+    async def scenario():
+        enc = QueryEncoder({"index": str(tmp_path), "max_image_pixels": 28 * 28})
+
+        async def one_at_a_time(item):  # @serve.batch needs a replica: call the batch body with one item
+            return (await enc._encode_many([item]))[0]
+
+        enc._batched = one_at_a_time
+        ref = {"uri": uri, "sha256": None}
+        return (await enc.encode(buf.getvalue(), ref), await enc.encode(b"garbage", ref),
+                await enc.label_weights([0, 2], ref), await enc.thumbnail(buf.getvalue(), ref))
+
+    got, bad, lw, thumb = asyncio.run(scenario())
+    want = encode(model, pixels[None], batch_size=1)
+    assert got["ok"] and got["code"] == want.codes[0].tobytes()
+    np.testing.assert_allclose(got["weights"], want.qadwh_weights[0], rtol=1e-6)
+    assert bad == {"ok": False, "error": "invalid_image", "detail": bad["detail"]} and "not a decodable image" in bad["detail"]
+    W = model.W.detach().double().numpy()
+    np.testing.assert_allclose(lw["weights"], (W[0] + W[2]) / 2, rtol=1e-6)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(thumb["png"]))), pixels)
