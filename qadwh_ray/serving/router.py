@@ -21,7 +21,7 @@ from qadwh_ray.serving.ingress import inter_deployment_handle_options
 from qadwh_ray.serving.metrics import RouterMetrics
 from qadwh_ray.serving.queries import QueryResolver
 from qadwh_ray.serving.searcher import Searcher
-from qadwh_ray.serving.versions import VersionTracker, prepare_version
+from qadwh_ray.serving.versions import VersionTracker
 
 __all__ = ["Router"]
 
@@ -62,11 +62,8 @@ class Router:
         self.log_position = LogPosition(update_log, a.updates.poll_interval_s,
                                         lambda pos, lag: self.metrics.log_state(pos, lag, self.versions.active))
         self.resolver = QueryResolver(self.backends, update_log, a.images_from_sources, self.metrics.encode)
-        self.versions = VersionTracker(
-            self.store, self.backends.control,
-            lambda version, position: prepare_version(self.store, version, self.backends, a.checkpoint, position),
-            lambda: self.log_position.value, a.version, self._switched,
-        )
+        self.versions = VersionTracker(self.store, self.backends, a.checkpoint, lambda: self.log_position.value, a.version,
+                                       self._switched)
         coalescer = Coalescer(self.backends, a.router.max_batch, a.router.max_inflight_batches, self.metrics.shard_calls)
         self.searcher = Searcher(self.backends, self.versions, self.resolver, coalescer, self.log_position)
         self.updates = ItemUpdates(self.backends, update_log, UpdateWriter(update_log, self.log_position, a.updates.max_batch),

@@ -202,10 +202,8 @@ def http_app(router) -> FastAPI:
                 raise ApiError(422, "invalid_version", str(exc)) from None
             if pin not in await asyncio.to_thread(r.store.list_versions):
                 raise ApiError(404, "unknown_version", f"no published index version {pin}")
-        await r.backends.call("control", r.backends.control.set, pin)
-        r.versions.admin_pin = pin
         try:
-            st = await r.versions.switch_to(await r.versions.desired())
+            st = await r.versions.pin(pin)
         except ApiError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -102,16 +102,14 @@ async def prepare_version(store, version: str, backends: Backends, checkpoint_ov
 class VersionTracker:
     """Which version this router replica serves (``active``) and which it should (see the module docstring).
 
-    ``prepare(version, position)`` makes an :class:`ActiveVersion` (:func:`prepare_version`
-    in the deployment); ``position()`` is the replica's update-log position;
-    ``on_switch(new, old)`` runs after each switch.
+    ``position()`` is the replica's update-log position; ``on_switch(new, old)`` runs after each switch.
     """
 
-    def __init__(self, store, control, prepare: Callable, position: Callable[[], int], user_pin: Optional[str],
-                 on_switch: Optional[Callable] = None):
+    def __init__(self, store, backends: Backends, checkpoint_override: Optional[str], position: Callable[[], int],
+                 user_pin: Optional[str], on_switch: Optional[Callable] = None):
         self.store = store
-        self.control = control  # the control deployment's handle (its ``get`` method)
-        self.prepare = prepare
+        self.backends = backends
+        self.checkpoint_override = checkpoint_override
         self.position = position
         self.user_pin = user_pin
         self.admin_pin: Optional[str] = None
@@ -136,7 +134,7 @@ class VersionTracker:
         """Read the admin pin and switch to the desired version; failures keep the active one."""
         try:
             try:
-                got = await asyncio.wait_for(self.control.get.remote(), timeout=5)
+                got = await asyncio.wait_for(self.backends.control.get.remote(), timeout=5)
                 self.admin_pin = got.get("pin")
             except Exception as exc:  # noqa: BLE001 — keep the last known admin pin
                 log.debug("router: control unreachable: %s", exc)
@@ -161,7 +159,7 @@ class VersionTracker:
         async with self._lock:
             if self.active is not None and self.active.version == version:
                 return self.active
-            st = await self.prepare(version, self.position())
+            st = await prepare_version(self.store, version, self.backends, self.checkpoint_override, self.position())
             old = self.active
             self.active = st  # one assignment: requests started before keep the old version
             self.swaps += 1
@@ -169,6 +167,12 @@ class VersionTracker:
                 self.on_switch(st, old)
             log.info("router: now serving index version %s (was %s)", version, old.version if old else None)
             return st
+
+    async def pin(self, version: Optional[str]) -> ActiveVersion:
+        """Pin ``version`` for every router replica (None: unpin) and serve what is desired now."""
+        await self.backends.call("control", self.backends.control.set, version)
+        self.admin_pin = version
+        return await self.switch_to(await self.desired())
 
     def require_active(self) -> ActiveVersion:
         st = self.active

@@ -431,3 +431,47 @@ def test_the_encoder_body_decodes_uploads_and_weights_labels_with_the_model(tmp_
     W = model.W.detach().double().numpy()
     np.testing.assert_allclose(lw["weights"], (W[0] + W[2]) / 2, rtol=1e-6)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(thumb["png"]))), pixels)
+
+
+def test_admin_pin_switches_every_answer_to_the_pinned_version_and_back(index):
+    """Two published versions: the router follows CURRENT, serves a pinned older version whole,
+    then follows CURRENT again after unpinning; the control object holds the pin."""
+    from qadwh_ray.index import write_index
+
+    rng = np.random.default_rng(12)
+    codes2 = rng.integers(0, 256, (300, 2), dtype=np.uint8)
+    labels = np.eye(NUM_CLASSES, dtype=np.uint8)[index["ids"] % NUM_CLASSES]
+    m2 = write_index(index["root"], index["ids"], codes2, labels, code_bits=NBITS, num_shards=2, num_classes=NUM_CLASSES,
+                     checkpoint=CHECKPOINT)
+    auth = {"authorization": "Bearer tok"}
+    code = codes2[3].tobytes().hex()
+
+    async def scenario():
+        router, shards = await start_router(index["root"])
+        app = router.__serve_build_asgi_app__()
+
+        async def call(method, path, body=None):
+            r = await asgi_request(app, method, path, json.dumps(body).encode() if body is not None else b"", headers=auth)
+            return r.status_code, r.json()
+
+        seen = [await call("GET", "/v1/index")]
+        seen.append(await call("PUT", "/v1/admin/index", {"version": index["version"]}))
+        seen.append(await call("POST", "/v1/search", {"code": code, "mode": "hamming", "k": 5}))
+        seen.append(await call("GET", "/v1/index"))
+        seen.append(await call("PUT", "/v1/admin/index", {"version": "v-never-published"}))
+        seen.append(await call("PUT", "/v1/admin/index", {"version": None}))
+        seen.append(await call("POST", "/v1/search", {"code": code, "mode": "hamming", "k": 5}))
+        control = router.backends.control.obj.pin
+        stop(router, shards)
+        return seen, control
+
+    seen, control = asyncio.run(scenario())
+    (_, first), (_, pinned), (_, old), (_, info), (unknown, _), (_, unpinned), (_, new) = seen
+    assert first["version"] == m2.version and first["following"] == "CURRENT"
+    assert pinned == {"pinned": index["version"], "active": index["version"]}
+    assert old["version"] == index["version"]
+    assert (old["ids"], old["distances"]) == brute_force(index, codes2[3].tobytes(), None, "hamming", 5)
+    assert info["following"] == "admin_pin" and info["swaps"] == 2
+    assert unknown in (404, 422)
+    assert unpinned["active"] == m2.version and control is None
+    assert (new["ids"], new["distances"]) == brute_force({**index, "codes": codes2}, codes2[3].tobytes(), None, "hamming", 5)
