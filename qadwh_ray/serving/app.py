@@ -4,7 +4,8 @@
 Deployments (every one autoscaled, fractional CPUs)::
 
     router      FastAPI ingress: HTTP API + search page, fan-out, exact merge, swaps, update writes
-    encoder     QueryEncoder: @serve.batch image -> code + query-adaptive weights (GPU when present)
+    encoder     QueryEncoder: image bytes -> pixels -> @serve.batch code + query-adaptive weights (GPU when present);
+                label-set weights and thumbnails (everything that needs the model or image decoding)
     shard-0..   one deployment per index shard (exact weighted-Hamming top-k, update log replayed)
     control     one replica: the runtime pin set through the admin API
 

@@ -364,12 +364,18 @@ def _version(name: str):
                          created_at="2026-01-01T00:00:00Z")
 
 
-def test_the_router_process_does_not_import_torch():
-    code = ("import sys; import qadwh_ray.serving.app, qadwh_ray.serving.routes, qadwh_ray.serving.router; "
-            "print('torch' in sys.modules)")
+def _imports(modules: list, names: tuple) -> list:
+    code = f"import sys; import {', '.join(modules)}; print([n for n in {names!r} if n in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "False"
+    return json.loads(out.stdout.strip().replace("'", '"'))
+
+
+def test_the_router_imports_no_torch_and_its_parts_no_ray():
+    assert _imports(["qadwh_ray.serving.app", "qadwh_ray.serving.router"], ("torch",)) == []
+    parts = [f"qadwh_ray.serving.{m}" for m in ("answers", "auth", "fanout", "metrics", "queries", "routes", "searcher",
+                                                "updates", "versions")]
+    assert _imports(parts, ("ray", "torch")) == []
 
 
 def test_uploads_are_decoded_with_clear_errors():
