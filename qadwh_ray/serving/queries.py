@@ -153,6 +153,19 @@ class QueryResolver:
         item["shard"] = home
         return item
 
+    def _remember(self, key: tuple, value: "bytes | np.ndarray") -> None:
+        self._images[key] = value
+        self._image_bytes += len(value) if isinstance(value, bytes) else value.nbytes
+        while self._image_bytes > _IMAGE_CACHE_BYTES and len(self._images) > 1:
+            _, old = self._images.popitem(last=False)
+            self._image_bytes -= len(old) if isinstance(old, bytes) else old.nbytes
+
+    def _cached(self, key: tuple):
+        got = self._images.get(key)
+        if got is not None:
+            self._images.move_to_end(key)
+        return got
+
     async def item_image(self, st, item: dict) -> "bytes | np.ndarray":
         """The item's image (encoded bytes, or pixels of a built-in set): from its source, or
         from the update log for an item put with an image."""
@@ -161,9 +174,8 @@ class QueryResolver:
         if not self.images_from_sources:
             raise ApiError(404, "no_image", "this service does not serve item images")
         key = (st.version, item["id"], item.get("log_image"))
-        got = self._images.get(key)
+        got = self._cached(key)
         if got is not None:
-            self._images.move_to_end(key)
             return got
         if item.get("from_log"):
             if not item.get("log_image"):
@@ -174,19 +186,21 @@ class QueryResolver:
                 image = await asyncio.to_thread(item_image, st.manifest, item["id"], item.get("source"), st.image_mode)
             except ImageUnavailable as exc:
                 raise ApiError(404, "no_image", str(exc)) from None
-        self._images[key] = image
-        self._image_bytes += len(image) if isinstance(image, bytes) else image.nbytes
-        while self._image_bytes > _IMAGE_CACHE_BYTES and len(self._images) > 1:
-            _, old = self._images.popitem(last=False)
-            self._image_bytes -= len(old) if isinstance(old, bytes) else old.nbytes
+        self._remember(key, image)
         return image
 
     async def item_png(self, st, item: dict) -> bytes:
-        """The item's image as PNG, in the colour mode of the version's model."""
+        """The item's image as PNG, in the colour mode of the version's model (made by the encoder, cached here)."""
+        key = (st.version, item["id"], item.get("log_image"), "png")
+        got = self._cached(key)
+        if got is not None:
+            return got
         image = await self.item_image(st, item)
         try:
-            return (await self.backends.thumbnail(image, st.checkpoint))["png"]
+            png = (await self.backends.thumbnail(image, st.checkpoint))["png"]
         except ApiError as exc:
             if exc.status in (413, 422):
                 raise ApiError(404, "no_image", f"the image of item {item['id']} cannot be decoded: {exc.detail}") from None
             raise
+        self._remember(key, png)
+        return png

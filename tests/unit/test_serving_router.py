@@ -100,7 +100,7 @@ def index(tmp_path):
     return {"root": root, "ids": ids, "codes": codes, "labels": ids % NUM_CLASSES, "version": m.version}
 
 
-async def start_router(root: str, token: str = "tok"):
+async def start_router(root: str, token: str = "tok", images: bool = False):
     """A router over two real shard bodies and a fake encoder, all behind fake handles."""
     import os
 
@@ -108,7 +108,7 @@ async def start_router(root: str, token: str = "tok"):
     from qadwh_ray.serving.shard import Shard
 
     os.environ["QADWH_TEST_TOKEN"] = token
-    args = {"index": root, "poll_interval_s": 3600.0, "updates": {"poll_interval_s": 3600.0}, "images_from_sources": False,
+    args = {"index": root, "poll_interval_s": 3600.0, "updates": {"poll_interval_s": 3600.0}, "images_from_sources": images,
             "auth_token_env": "QADWH_TEST_TOKEN"}
     shards = []
     for i in range(2):
@@ -192,14 +192,15 @@ def test_http_answers_equal_brute_force_over_the_whole_index(index):
 
 
 def test_updates_are_searched_and_uploads_are_encoded_by_the_encoder(index):
-    """PUT with an image (encoded by the encoder handle), PUT with a code, DELETE: the next search sees them."""
+    """PUT with an image (encoded by the encoder handle), DELETE: the next search sees them; the put
+    item's image comes back through the encoder's thumbnail (made once, then cached) and gives its weights."""
     import base64
 
     auth = {"authorization": "Bearer tok"}
     new_id = 20_001
 
     async def scenario():
-        router, shards = await start_router(index["root"])
+        router, shards = await start_router(index["root"], images=True)
         app = router.__serve_build_asgi_app__()
         image = b"\x89PNG fake image bytes"
         put = await asgi_request(app, "PUT", f"/v1/items/{new_id}",
@@ -209,19 +210,25 @@ def test_updates_are_searched_and_uploads_are_encoded_by_the_encoder(index):
                                  headers=auth)
         code = put.json()["code"]
         found = await asgi_request(app, "POST", "/v1/search", json.dumps({"code": code, "mode": "hamming", "k": 1}).encode(), headers=auth)
+        thumbs = [await asgi_request(app, "GET", f"/v1/items/{new_id}/image", headers=auth) for _ in range(2)]
+        by_id = await asgi_request(app, "POST", "/v1/search", json.dumps({"id": new_id, "k": 3}).encode(), headers=auth)
+        encoder_calls = list(router.backends.encoder.calls)
         gone = int(index["ids"][0])
         deleted = await asgi_request(app, "DELETE", f"/v1/items/{gone}", headers=auth)
         after = await asgi_request(app, "GET", f"/v1/items/{gone}", headers=auth)
         stop(router, shards)
-        return image, put, bad, found, deleted, after
+        return image, put, bad, found, deleted, after, thumbs, by_id, encoder_calls
 
-    image, put, bad, found, deleted, after = asyncio.run(scenario())
+    image, put, bad, found, deleted, after, thumbs, by_id, encoder_calls = asyncio.run(scenario())
     assert put.status_code == 200, put.text
     assert put.json()["code"] == hashlib.sha256(image).digest()[:2].hex() and put.json()["label_names"] == ["dog"]
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_image"
     assert found.json()["ids"] == [new_id] and found.json()["distances"] == [0.0]
     assert deleted.status_code == 200 and deleted.json()["log_position"] == put.json()["log_position"] + 1
     assert after.status_code == 404 and after.json()["error"] == "unknown_item"
+    assert [t.content for t in thumbs] == [b"PNG:" + image] * 2 and thumbs[0].headers["content-type"] == "image/png"
+    assert by_id.json()["query"]["weights_from"] == "image" and by_id.json()["ids"][0] == new_id
+    assert encoder_calls.count("thumbnail") == 1
 
 
 class GatedShard:
