@@ -488,3 +488,37 @@ def test_admin_pin_switches_every_answer_to_the_pinned_version_and_back(index):
     assert unknown in (404, 422)
     assert unpinned["active"] == m2.version and control is None
     assert (new["ids"], new["distances"]) == brute_force({**index, "codes": codes2}, codes2[3].tobytes(), None, "hamming", 5)
+
+
+def test_a_shard_reencodes_a_logged_image_put_by_another_model_through_the_encoder_handle(index):
+    """A put whose code came from another checkpoint is re-encoded from its stored image bytes by
+    this version's model (the encoder handle); one without an image stays hidden."""
+    from qadwh_ray.index.format import shard_of_ids
+    from qadwh_ray.index.update_log import LogEntry, UpdateLog
+    from qadwh_ray.serving.shard import Shard
+
+    log = UpdateLog(index["root"])
+    mine = [i for i in range(30_000, 30_100) if shard_of_ids(np.asarray([i]), 2)[0] == 1][:2]
+    image = b"\x89PNG an image put through a router serving another model"
+    sha = log.put_image(image)
+    log.append([LogEntry(0, "put", mine[0], code="ffff", labels=[1], checkpoint="b" * 64, image=sha),
+                LogEntry(0, "put", mine[1], code="ffff", labels=[1], checkpoint="b" * 64)])
+    encoder = FakeHandle(FakeEncoder())
+
+    async def scenario():
+        shard = Shard.__new__(Shard)
+        await shard.__init__(1, {"index": index["root"], "poll_interval_s": 3600.0, "updates": {"poll_interval_s": 3600.0}},
+                             encoder)
+        await shard.reconfigure({"version": None})
+        code = hashlib.sha256(image).digest()[:2]
+        q = [LiveQuery(np.frombuffer(code, np.uint8), None, "hamming", 1), LiveQuery(np.array([255, 255], np.uint8), None, "hamming", 300)]
+        out = await shard.search_many(index["version"], 2, q)
+        shard._watcher.cancel()
+        shard._follower.cancel()
+        return out, shard.loaded[index["version"]].stale
+
+    out, stale = asyncio.run(scenario())
+    (d0, ids0, _), (_, ids1, _) = out["results"]
+    assert ids0.tolist() == [mine[0]] and d0.tolist() == [0.0]
+    assert mine[1] not in ids1.tolist() and stale == 1
+    assert encoder.calls == ["encode"]
