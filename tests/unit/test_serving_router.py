@@ -100,14 +100,16 @@ def index(tmp_path):
     return {"root": root, "ids": ids, "codes": codes, "labels": ids % NUM_CLASSES, "version": m.version}
 
 
-async def start_router(root: str, token: str = "tok", images: bool = False):
-    """A router over two real shard bodies and a fake encoder, all behind fake handles."""
-    import os
+@pytest.fixture(autouse=True)
+def token_env(monkeypatch):
+    monkeypatch.setenv("QADWH_TEST_TOKEN", "tok")
 
+
+async def start_router(root: str, images: bool = False):
+    """A router over two real shard bodies and a fake encoder, all behind fake handles (bearer token "tok")."""
     from qadwh_ray.serving.router import Router
     from qadwh_ray.serving.shard import Shard
 
-    os.environ["QADWH_TEST_TOKEN"] = token
     args = {"index": root, "poll_interval_s": 3600.0, "updates": {"poll_interval_s": 3600.0}, "images_from_sources": images,
             "auth_token_env": "QADWH_TEST_TOKEN"}
     shards = []
