@@ -4,7 +4,8 @@
 Deployments (every one autoscaled, fractional CPUs)::
 
     router      FastAPI ingress: HTTP API + search page, fan-out, exact merge, swaps, update writes
-    encoder     QueryEncoder: @serve.batch image -> code + query-adaptive weights (GPU when present)
+    encoder     QueryEncoder: image bytes -> pixels -> @serve.batch code + query-adaptive weights (GPU when present);
+                label-set weights and thumbnails (everything that needs the model or image decoding)
     shard-0..   one deployment per index shard (exact weighted-Hamming top-k, update log replayed)
     control     one replica: the runtime pin set through the admin API
 
@@ -106,5 +107,7 @@ def build_app(args: "AppArgs | dict") -> Application:
         .options(name="control", num_replicas=1, ray_actor_options={"num_cpus": 0.01}, max_ongoing_requests=100)
         .bind()
     )
-    router = serve.deployment(Router).options(**opts(a.router, "router", user_config=user_config)).bind(ctor, encoder, shards, control)
+    # Serve's late-bound FastAPI ingress: each replica builds its app in Router.__serve_build_asgi_app__
+    ingress = serve.ingress()(Router)
+    router = serve.deployment(ingress).options(**opts(a.router, "router", user_config=user_config)).bind(ctor, encoder, shards, control)
     return router

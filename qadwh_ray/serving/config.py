@@ -3,11 +3,12 @@
 The same model validates the ``args:`` block of a Serve config file
 (``cluster/serve.yaml``), the options of ``qadwh serve`` and the ``user_config``
 that ``serve deploy`` pushes to running replicas. Unknown keys are refused
-(DESIGN.md §6), so a typo in a config file is an error, not a silent default.
+(docs/architecture.md, "Conventions"), so a typo in a config file is an error,
+not a silent default.
 
 Defaults fit the 2-core test machine: every replica asks for a fraction of a
-CPU (DESIGN.md §8), and the shard deployments autoscale between
-``shard.min_replicas`` and ``shard.max_replicas``.
+CPU, and the shard deployments autoscale between ``shard.min_replicas`` and
+``shard.max_replicas``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class EncoderArgs(DeploymentArgs):
         if self.max_ongoing_requests < need:
             raise ValueError(
                 f"encoder.max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size x "
-                f"max_concurrent_batches ({need}) or batches never fill (DESIGN.md §8)"
+                f"max_concurrent_batches ({need}) or batches never fill (a batch only holds requests the replica has accepted)"
             )
         return self
 
@@ -121,11 +122,8 @@ class ShardArgs(DeploymentArgs):
 class RouterArgs(DeploymentArgs):
     max_ongoing_requests: int = Field(256, ge=1)
     target_ongoing_requests: float = Field(32.0, gt=0)
-    coalesce: bool = Field(True, description="send concurrent queries to the shards together (one call per shard per batch)")
     max_batch: int = Field(32, ge=1, description="queries per coalesced shard call")
-    # 1: fewer, larger shard calls cost the router less CPU per query than overlapping ones
-    # (Serve's handle routing and gRPC cost per call; docs/benchmarks.md), and an idle service
-    # still sends at once.
+    # 1: Serve's handle routing and gRPC cost per call, so fewer, larger calls cost less per query
     max_inflight_batches: int = Field(1, ge=1, description="coalesced calls in flight at once; new queries wait for a slot")
 
 

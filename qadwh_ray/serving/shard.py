@@ -62,11 +62,6 @@ class LoadedShard:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
 
-    @property
-    def image_mode(self) -> str:
-        cfg = self.checkpoint.get("model_config") or {}
-        return "RGB" if int(cfg.get("in_channels", 1)) == 3 else "L"
-
 
 def load_shard_version(root: str, version: str, shard: int, device: str = "cpu", threads: int = 1) -> LoadedShard:
     """Read, verify and index shard ``shard`` of ``version`` (an empty shard when the
@@ -126,10 +121,7 @@ def _warm_up(data: LoadedShard) -> None:
 
 # ---------------------------------------------------------------- deployment
 
-# A short search runs inline on the replica's event loop: on small coalesced batches the
-# hop to a worker thread showed up in the shard's profile next to the search itself
-# (docs/benchmarks.md, serving). Longer ones (queries x rows above this, i.e. more than a few ms
-# of scanning) go to a thread, so health checks and other calls never wait long.
+# Up to this many queries x rows (a few ms) a search runs on the event loop: the thread hop would cost as much.
 INLINE_SCAN_ITEMS = 4_000_000
 
 
@@ -159,9 +151,7 @@ class Shard:
         self.store = IndexStore(self.args.index)
         self.update_log = UpdateLog(self.args.index)
         self._replica = _replica_tag()
-        # The first version is loaded by the first reconfigure() (build_app always sets a
-        # user_config), which Serve awaits before the replica takes traffic; the watcher
-        # covers a deployment made without one.
+        # reconfigure() loads the first version before traffic (build_app always sets user_config); else the watcher
         loop = asyncio.get_running_loop()
         self._watcher = loop.create_task(self._watch())
         self._follower = loop.create_task(self._follow_log())
@@ -304,12 +294,9 @@ class Shard:
             log.warning("shard %d: item %d (log %d) has a code from another model and no image: hidden in version %s",
                         self.shard, entry.id, entry.seq, data.version)
             return Change(entry.seq, entry.id)
-        from qadwh_ray.data.transforms import decode_image
-
         raw = await asyncio.to_thread(self.update_log.read_image, entry.image)
-        pixels = decode_image(raw, mode=data.image_mode, source=f"update-log image {entry.image[:12]}")
         ref = {"uri": data.checkpoint.get("uri"), "sha256": data.checkpoint.get("sha256")}
-        r = await self.encoder.encode.remote(pixels, ref)
+        r = await self.encoder.encode.remote(raw, ref)  # the encoder decodes it in its model's colour mode
         if not r.get("ok"):
             raise RuntimeError(f"cannot re-encode item {entry.id} of the update log: {r.get('detail')}")
         return Change(entry.seq, entry.id, r["code"], tuple(entry.labels or ()))

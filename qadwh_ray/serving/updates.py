@@ -14,6 +14,7 @@ in flight, and changes arriving meanwhile leave together as the next segment
 segment is stored. :class:`LogPosition` is the newest log position this
 replica knows: advanced by its own writes and by polling the log, so changes
 made through any replica are searched within about ``poll_interval_s``.
+:class:`ItemUpdates` turns one parsed update into a stored log entry.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from qadwh_ray.index.update_log import LogEntry, UpdateLog
 from qadwh_ray.serving import api as api_mod
 from qadwh_ray.serving.errors import ApiError
 
-__all__ = ["ItemUpdate", "parse_item_update", "UpdateWriter", "LogPosition"]
+__all__ = ["ItemUpdate", "parse_item_update", "UpdateWriter", "LogPosition", "ItemUpdates", "StoredUpdate"]
 
 log = logging.getLogger("ray.serve")
 
@@ -161,3 +162,54 @@ class UpdateWriter:
                         fut.set_result(entry)
         finally:
             self.writing = False
+
+
+@dataclass
+class StoredUpdate:
+    position: int  # the log position the change was stored at
+    code: Optional[bytes] = None
+    labels: Optional[list] = None
+    has_image: bool = False
+
+
+def _log_unavailable(exc: Exception) -> ApiError:
+    return ApiError(503, "log_unavailable", f"the update log cannot be written ({type(exc).__name__}); try again", {"Retry-After": "1"})
+
+
+class ItemUpdates:
+    """Puts and deletes of one item, for the active version ``st``, stored through ``writer``."""
+
+    def __init__(self, backends, update_log: UpdateLog, writer: UpdateWriter, observe=None):
+        self.backends = backends
+        self.update_log = update_log
+        self.writer = writer
+        self.observe = observe  # called with the op of every stored change
+
+    async def _store(self, entry: LogEntry) -> int:
+        try:
+            stored = await self.writer.write(entry)
+        except (OSError, RuntimeError) as exc:
+            raise _log_unavailable(exc) from None
+        if self.observe is not None:
+            self.observe(entry.op)
+        return stored.seq
+
+    async def put(self, st, item_id: int, upd: ItemUpdate) -> StoredUpdate:
+        """An image is encoded by the version's model and kept in the log beside its code."""
+        from qadwh_ray.serving.queries import resolve_labels
+
+        labels = list(resolve_labels(upd.labels, st.class_names, st.manifest.num_classes, "labels"))
+        image_sha = None
+        if upd.image is not None:
+            code = (await self.backends.encode(upd.image, st.checkpoint, self.backends.deadline()))["code"]
+            try:
+                image_sha = await asyncio.to_thread(self.update_log.put_image, upd.image)
+            except OSError as exc:
+                raise _log_unavailable(exc) from None
+        else:
+            code = api_mod.parse_code(upd.code_hex, st.code_bits)
+        entry = LogEntry(0, "put", item_id, code.hex(), labels, st.checkpoint.get("sha256"), image_sha)
+        return StoredUpdate(await self._store(entry), code, labels, image_sha is not None)
+
+    async def delete(self, item_id: int) -> StoredUpdate:
+        return StoredUpdate(await self._store(LogEntry(0, "delete", item_id)))

@@ -1,59 +1,11 @@
 """The direct lane for POST /v1/search (serving/fastpath.py) answers exactly as the FastAPI route would."""
 
-import asyncio
-import json
-
+from asgi_client import Client
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from qadwh_ray.serving.errors import ApiError, install_error_handling
 from qadwh_ray.serving.fastpath import FastRoutes
-
-
-class Reply:
-    def __init__(self, status, headers, body):
-        self.status_code, self.headers, self.content = status, headers, body
-        self.text = body.decode()
-
-    def json(self):
-        return json.loads(self.content)
-
-
-class Client:
-    """Drives the ASGI app in-process, one request at a time (no HTTP client library needed)."""
-
-    def __init__(self, app, root_path=""):
-        self.app, self.root_path = app, root_path
-
-    def request(self, method, path, body=b"", content_type="application/json"):
-        async def run():
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-                "path": path, "raw_path": path.encode(), "root_path": self.root_path, "query_string": b"",
-                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
-                "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-            }
-            sent = []
-            chunks = [{"type": "http.request", "body": body, "more_body": False}]
-
-            async def receive():
-                return chunks.pop(0) if chunks else {"type": "http.disconnect"}
-
-            async def send(msg):
-                sent.append(msg)
-
-            await self.app(scope, receive, send)
-            start = next(m for m in sent if m["type"] == "http.response.start")
-            headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
-            return Reply(start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
-
-        return asyncio.run(run())
-
-    def post(self, path, json_body=None, content=None):
-        return self.request("POST", path, content if content is not None else json.dumps(json_body).encode())
-
-    def get(self, path):
-        return self.request("GET", path)
 
 
 def make_app():
