@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from qadwh_ray.indexing.sources import fashion_augmented_images
+    from qadwh_ray.data.fashion import fashion_augmented_images
     from qadwh_ray.model import ModelConfig, build_model, encode, load_checkpoint
     from qadwh_ray.model.encode import CPU_CHUNK
 

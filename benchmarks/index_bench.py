@@ -159,7 +159,7 @@ def _load_base_images() -> None:
 
 
 def _generate_block(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from qadwh_ray.indexing.sources import fashion_augmented_images
+    from qadwh_ray.data.fashion import fashion_augmented_images
 
     ids = np.arange(*bounds, dtype=np.int64)
     images, classes = fashion_augmented_images(ids, *_BASE_IMAGES)

@@ -55,7 +55,6 @@ import numpy as np
 
 from qadwh_ray.core.bits import check_code_length, check_codes, code_bytes, pad_weights
 from qadwh_ray.core.hamming import MIN_EXPONENT, MODES, Mode, grid_bits, query_weights, snapped_distances, validated_weights
-from qadwh_ray.core.hamming import reference_distances  # noqa: F401 — indexing/reindex.py still imports it from here
 from qadwh_ray.core.topk import check_k, smallest_k
 
 Strategy = Literal["auto", "two_stage", "exhaustive"]

@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-__all__ = ["FASHION_MNIST_DIR", "CLASS_NAMES", "NUM_CLASSES", "fashion_mnist_dir", "load_fashion_mnist", "read_idx"]
+__all__ = ["FASHION_MNIST_DIR", "CLASS_NAMES", "NUM_CLASSES", "fashion_mnist_dir", "load_fashion_mnist", "read_idx",
+           "AUGMENT_CHUNK", "fashion_augmented_images"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where Debian's ``dataset-fashion-mnist`` installs the files; override with
@@ -109,3 +110,36 @@ def load_fashion_mnist(root: str | None = None) -> tuple[np.ndarray, np.ndarray]
     before modifying).
     """
     return _load(fashion_mnist_dir(root))
+
+
+AUGMENT_CHUNK = 1000  # augmentation is drawn per aligned chunk of item ids: independent of block boundaries
+
+
+def fashion_augmented_images(
+    ids: np.ndarray, images: np.ndarray | None = None, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and class indices of ``fashion-augmented`` items ``ids``.
+
+    Item ``i`` shows real image ``i % 70000``; items past the first 70,000 are
+    augmented (:func:`qadwh_ray.data.transforms.augment`) with a seed drawn per
+    aligned chunk of :data:`AUGMENT_CHUNK` ids, so an item's pixels never
+    depend on which other items are read with it. ``images``/``labels``: the
+    70,000 base images (default: :func:`~qadwh_ray.data.fashion.load_fashion_mnist`).
+    """
+    from qadwh_ray.data.transforms import augment
+
+    if images is None or labels is None:
+        images, labels = load_fashion_mnist()
+    base_n = images.shape[0]
+    ids = np.asarray(ids, dtype=np.int64)
+    out = images[ids % base_n]  # fancy indexing copies
+    aug = ids >= base_n
+    if aug.any():
+        chunks = np.unique(ids[aug] // AUGMENT_CHUNK)
+        for c in chunks.tolist():
+            lo = c * AUGMENT_CHUNK
+            chunk_ids = np.arange(lo, lo + AUGMENT_CHUNK, dtype=np.int64)
+            variants = augment(images[chunk_ids % base_n], seed=int(c))
+            sel = np.flatnonzero(aug & (ids // AUGMENT_CHUNK == c))
+            out[sel] = variants[ids[sel] - lo]
+    return out, labels[ids % base_n]

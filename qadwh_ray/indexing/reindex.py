@@ -128,7 +128,8 @@ def _read_version(store: IndexStore, manifest: Manifest, staged: bool) -> ShardD
 def _search_vs_brute_force(manifest: Manifest, store: IndexStore, staged: bool, data: ShardData, qcodes, qweights, k: int) -> dict:
     """Load the shards into a HashIndex one by one (as readers do) and compare
     its top-k with a brute-force ranking under the same canonical distance."""
-    from qadwh_ray.core.search import HashIndex, query_weights, reference_distances
+    from qadwh_ray.core.hamming import query_weights, reference_distances
+    from qadwh_ray.core.search import HashIndex
 
     index = HashIndex(manifest.code_bits, device="cpu")
     for info in manifest.shards:

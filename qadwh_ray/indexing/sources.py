@@ -42,13 +42,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from qadwh_ray import storage
+from qadwh_ray.data.fashion import fashion_augmented_images
 
 # data.transforms imports torch: imported inside the functions that decode, so other tasks never load torch
 
-__all__ = ["SourcePlan", "plan_source", "dataset_of", "FASHION_PARTS", "AUGMENT_CHUNK", "fashion_augmented_images"]
+__all__ = ["SourcePlan", "plan_source", "dataset_of", "FASHION_PARTS"]
 
 FASHION_PARTS = ("database", "query", "train", "all")
-AUGMENT_CHUNK = 1000  # augmentation is drawn per aligned chunk of item ids: independent of block boundaries
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _META_NUM_CLASSES = b"qadwh.num_classes"
 
@@ -196,38 +196,6 @@ def _fashion_ids(part: str, seed: int) -> np.ndarray:
         return np.arange(labels.shape[0], dtype=np.int64)
     split = paper_split(labels, seed=seed)
     return getattr(split, part)
-
-
-def fashion_augmented_images(
-    ids: np.ndarray, images: np.ndarray | None = None, labels: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images and class indices of ``fashion-augmented`` items ``ids``.
-
-    Item ``i`` shows real image ``i % 70000``; items past the first 70,000 are
-    augmented (:func:`qadwh_ray.data.transforms.augment`) with a seed drawn per
-    aligned chunk of :data:`AUGMENT_CHUNK` ids, so an item's pixels never
-    depend on which other items are read with it. ``images``/``labels``: the
-    70,000 base images (default: :func:`~qadwh_ray.data.fashion.load_fashion_mnist`).
-    """
-    from qadwh_ray.data.transforms import augment
-
-    if images is None or labels is None:
-        from qadwh_ray.data.fashion import load_fashion_mnist
-
-        images, labels = load_fashion_mnist()
-    base_n = images.shape[0]
-    ids = np.asarray(ids, dtype=np.int64)
-    out = images[ids % base_n]  # fancy indexing copies
-    aug = ids >= base_n
-    if aug.any():
-        chunks = np.unique(ids[aug] // AUGMENT_CHUNK)
-        for c in chunks.tolist():
-            lo = c * AUGMENT_CHUNK
-            chunk_ids = np.arange(lo, lo + AUGMENT_CHUNK, dtype=np.int64)
-            variants = augment(images[chunk_ids % base_n], seed=int(c))
-            sel = np.flatnonzero(aug & (ids // AUGMENT_CHUNK == c))
-            out[sel] = variants[ids[sel] - lo]
-    return out, labels[ids % base_n]
 
 
 _BASE: dict = {}

@@ -25,13 +25,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, List, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from qadwh_ray.serving.config import MODES
+from qadwh_ray.core.hamming import MODES, validated_weights
 from qadwh_ray.serving.errors import ApiError
 
 __all__ = [
@@ -379,9 +378,8 @@ def parse_code(code_hex: str, nbits: int) -> bytes:
 def parse_weights(weights: list, nbits: int) -> list:
     if len(weights) != nbits:
         raise ApiError(422, "invalid_weights", f"weights has {len(weights)} values; this index uses {nbits}-bit codes")
-    for i, w in enumerate(weights):
-        if not math.isfinite(w) or w < 0:
-            raise ApiError(422, "invalid_weights", f"weights must be finite and >= 0; weights[{i}] = {w}")
-        if w > 1e300:
-            raise ApiError(422, "invalid_weights", f"weights[{i}] = {w} is too large")
+    try:
+        validated_weights(weights, "dwh", 1, nbits)  # the search's own rules, answered as a 422
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, "invalid_weights", str(exc)) from None
     return weights

@@ -18,10 +18,9 @@ from typing import Any, Dict, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DeploymentArgs", "EncoderArgs", "ShardArgs", "UpdatesArgs", "AppArgs", "RuntimeConfig", "MODES", "DEFAULT_TOKEN_ENV",
+__all__ = ["DeploymentArgs", "EncoderArgs", "ShardArgs", "UpdatesArgs", "AppArgs", "RuntimeConfig", "DEFAULT_TOKEN_ENV",
            "INDEX_ENV"]
 
-MODES = ("qadwh", "dwh", "hamming")
 DEFAULT_TOKEN_ENV = "QADWH_SERVE_TOKEN"
 INDEX_ENV = "QADWH_INDEX_URI"  # the index root when args give none (as for `qadwh index --out`)
 

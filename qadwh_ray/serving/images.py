@@ -115,7 +115,7 @@ def item_image(manifest, item_id: int, source: Optional[str], mode: str) -> "byt
                 raise ImageUnavailable(f"item {item_id}: cannot read its source: {exc}") from exc
         return data
     if image_kind(manifest) == "fashion":
-        from qadwh_ray.indexing.sources import fashion_augmented_images
+        from qadwh_ray.data.fashion import fashion_augmented_images
 
         kinds = {s.get("kind") for s in manifest.sources if isinstance(s, dict)}
         if "fashion-augmented" not in kinds and not 0 <= item_id < 70000:

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from qadwh_ray.serving import api as api_mod
 from qadwh_ray.serving.answers import label_names
-from qadwh_ray.serving.config import MODES
+from qadwh_ray.core.hamming import MODES
 from qadwh_ray.serving.errors import ERROR_RESPONSES, ApiError, install_error_handling
 from qadwh_ray.serving.fastpath import FastRoutes
 

@@ -133,7 +133,7 @@ def stop(router, shards):
 
 def brute_force(index, code: bytes, weights, mode: str, k: int, keep=None):
     """The exact top k over the whole index (ties by id), canonical distances."""
-    from qadwh_ray.core.search import query_weights, reference_distances
+    from qadwh_ray.core.hamming import query_weights, reference_distances
 
     w = None if mode == "hamming" else np.asarray(weights, np.float64) if mode == "dwh" else np.asarray(weights, np.float64)[None, :]
     w_int, e = query_weights(w, mode, 1, NBITS)
