@@ -336,8 +336,8 @@ def train_phase(workdir: str, address: str) -> dict:
     """jobs/train.py as its own driver, as ``ray job submit`` runs it: its workers need 2 gpu-worker
     nodes that do not exist yet; when the job ends, its actors go and so do the nodes."""
     from qadwh_ray.capacity import cluster_capacity
-    from qadwh_ray.learning.config import TrainConfig
-    from qadwh_ray.train.trainer import check_cluster
+    from qadwh_ray.training.config import TrainConfig
+    from qadwh_ray.ray_train.trainer import check_cluster
 
     settings = ["nbits=16", "epochs=1", "max_steps=4", "train_limit=2000", "num_workers=2", "cpus_per_worker=1",
                 "worker_resources={accelerator: 1}"]

@@ -173,7 +173,7 @@ def plain_pipeline(checkpoint: str, n: int, out: str, block: int, threads: int, 
     import torch
 
     from qadwh_ray.index.writer import checkpoint_record, write_index
-    from qadwh_ray.indexing.pipeline import auto_num_shards
+    from qadwh_ray.index_build.pipeline import auto_num_shards
     from qadwh_ray.model import encode
     from qadwh_ray.model.checkpoint import load_payload, model_from_payload
 
@@ -201,7 +201,7 @@ def plain_pipeline(checkpoint: str, n: int, out: str, block: int, threads: int, 
 
 def ray_build(checkpoint: str, n: int, out: str, args, sample_memory: bool = True,
               actors: int | None = None, threads: int | None = None, **extra) -> dict:
-    from qadwh_ray.indexing import BuildOptions, build_index
+    from qadwh_ray.index_build import BuildOptions, build_index
 
     actors, threads = actors or args.actors, threads or args.threads
     opts = BuildOptions(

@@ -159,7 +159,7 @@ def noop_probe_app():
 
 def free_port() -> int:
     """A port Serve's HTTP listener binds later (outside the ranges where it could be taken first)."""
-    from qadwh_ray.serving.ingress import listen_port
+    from qadwh_ray.serving.cluster_env import listen_port
 
     return listen_port()
 
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="whole measurements, each on a fresh local cluster")
     ap.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
     ap.add_argument("--ingress", default="haproxy",
-                    help="Serve ingress modes to measure, comma-separated (serving/ingress.py); the first gives the headline keys")
+                    help="Serve ingress modes to measure, comma-separated (serving/cluster_env.py); the first gives the headline keys")
     ap.add_argument("--no-noop-probe", dest="noop_probe", action="store_false", help="skip measuring a no-op Serve app of the same topology")
     ap.add_argument("--workdir", help="keep the index here and reuse it on the next run with the same sizes (default: a temporary directory, deleted)")
     ap.add_argument("--baseline-server", nargs=3, metavar=("ROOT", "VERSION", "PORT"), help=argparse.SUPPRESS)
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[serve_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    from qadwh_ray.serving.ingress import check_ingress
+    from qadwh_ray.serving.cluster_env import check_ingress
 
     modes = [check_ingress(m.strip()) for m in a.ingress.split(",")]
     work = a.workdir or tempfile.mkdtemp(prefix="qadwh-serve-bench-")
@@ -461,7 +461,7 @@ def measure_mode(a, mode: str, root: str, code_q: list, img_q: list, fastapi_url
     from ray import serve
 
     from qadwh_ray.serving.app import build_app
-    from qadwh_ray.serving.ingress import local_cluster_env
+    from qadwh_ray.serving.cluster_env import local_cluster_env
 
     with local_cluster_env(mode):  # set for this cluster's start only: the next phase starts clean
         ray.init(address="local", num_cpus=a.ray_cpus, include_dashboard=False, logging_level="WARNING")

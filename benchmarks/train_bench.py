@@ -1,16 +1,16 @@
 """Training throughput: the Ray Train run vs the plain single-process PyTorch loop, in one run.
 
 Both sides train the same model on the same class-balanced batches with the
-same step function (``qadwh_ray.learning.loop.train_step``), the same number
+same step function (``qadwh_ray.training.loop.train_step``), the same number
 of torch threads per process, and both write the same thing after every
 epoch: a checkpoint (model incl. W, optimiser, schedule, step, config, split
 seed, history; ``model.pt`` then its ``model.pt.sha256``, in a
 ``checkpoint_step<step>`` directory) and the epoch's metrics row.
 
-- plain: ``qadwh_ray.learning.local.train_local`` in this process, writing the
+- plain: ``qadwh_ray.training.local.train_local`` in this process, writing the
   checkpoint (``save_checkpoint``) and appending the row to ``metrics.jsonl``
   after each epoch;
-- Ray: ``qadwh_ray.train.train_on_ray`` with 1 worker x ``threads`` CPUs (the
+- Ray: ``qadwh_ray.ray_train.train_on_ray`` with 1 worker x ``threads`` CPUs (the
   overhead figure), then 2 workers x ``threads`` CPUs each (the scaling
   figure, ``ray_2w_vs_1w``: twice the cores, same global batch).
 
@@ -58,7 +58,7 @@ def epoch_seconds(run_dir: str) -> list[float]:
 def run_plain(cfg, data, threads: int, run_dir: str) -> list[float]:
     import torch
 
-    from qadwh_ray.learning.local import train_local
+    from qadwh_ray.training.local import train_local
     from qadwh_ray.model.checkpoint import FILENAME, checkpoint_dir_name, save_checkpoint
 
     def write_epoch(result, model, optimizer, scheduler):  # what the Ray worker reports every epoch
@@ -78,7 +78,7 @@ def run_plain(cfg, data, threads: int, run_dir: str) -> list[float]:
 
 
 def run_ray(cfg, data, storage_path: str, name: str) -> tuple[list[float], float]:
-    from qadwh_ray.train import train_on_ray
+    from qadwh_ray.ray_train import train_on_ray
 
     t0 = time.time()
     train_on_ray(
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from qadwh_ray.learning.config import TrainConfig
-    from qadwh_ray.learning.datasets import load_training_data
+    from qadwh_ray.training.config import TrainConfig
+    from qadwh_ray.training.datasets import load_training_data
 
     base = TrainConfig(
         nbits=args.nbits, epochs=args.epochs, train_limit=args.train_images, val_fraction=0.0,

@@ -1,10 +1,10 @@
 """The Ray Train input read from a dataset URI: its peak memory at 20k vs 200k training images, and its
 throughput against the in-memory input.
 
-Both measurements run the real training path, ``qadwh_ray.train.train_on_ray``
+Both measurements run the real training path, ``qadwh_ray.ray_train.train_on_ray``
 (Ray Train V2 ``TorchTrainer``, 1 worker x 1 CPU, the compact CNN at 48 bits,
 class-balanced batches of 8 x 8), whose input is the per-rank Ray Data
-pipeline of ``qadwh_ray/train/data.py``: Ray Data tasks read each batch's
+pipeline of ``qadwh_ray/ray_train/input.py``: Ray Data tasks read each batch's
 images from the dataset (``qadwh_ray.data.readers.read_images``), decode,
 normalise and augment them.
 
@@ -59,7 +59,7 @@ SPLIT_DATABASE = 1000
 
 
 def base_config(**changes):
-    from qadwh_ray.learning.config import TrainConfig
+    from qadwh_ray.training.config import TrainConfig
 
     return TrainConfig(
         backbone="compact", nbits=48, classes_per_batch=8, images_per_class=8, val_fraction=0.0,
@@ -192,7 +192,7 @@ def memory_child(args) -> dict:
     """One size, in a fresh process: idle-cluster baseline, then the training run under the sampler."""
     import ray
 
-    from qadwh_ray.train import train_on_ray
+    from qadwh_ray.ray_train import train_on_ray
 
     start_ray()
     cfg = base_config(dataset=args.data, split=args.split, epochs=1000, max_steps=args.steps)
@@ -275,8 +275,8 @@ def run_throughput(args) -> dict:
     from qadwh_ray.data.catalog import open_catalog
     from qadwh_ray.data.fashion import CLASS_NAMES, load_fashion_mnist
     from qadwh_ray.data.writers import write_parquet_images
-    from qadwh_ray.learning.datasets import dataset_split
-    from qadwh_ray.train import train_on_ray
+    from qadwh_ray.training.datasets import dataset_split
+    from qadwh_ray.ray_train import train_on_ray
 
     load0 = os.getloadavg()[0]
     rates: dict[str, list[float]] = {"in_memory": [], "ray_data_uri": []}

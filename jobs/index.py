@@ -4,7 +4,7 @@
     python jobs/index.py --reindex --checkpoint s3://b/train-run/ --data s3://b/images/ --out s3://b/index/
     python jobs/index.py --incremental --data s3://b/images-new-today/ --out s3://b/index/
 
-Same arguments as ``qadwh index`` (see ``qadwh_ray/indexing/cli.py``); storage
+Same arguments as ``qadwh index`` (see ``qadwh_ray/index_build/cli.py``); storage
 locations may also come from $QADWH_CHECKPOINT, $QADWH_DATA and
 $QADWH_INDEX_URI. Under ``ray job submit`` $RAY_ADDRESS points at the cluster.
 Prints where the version and its manifest went; exits 1 with the reason when
@@ -18,7 +18,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadwh_ray.indexing.cli import main as index_main
+    from qadwh_ray.index_build.cli import main as index_main
 
     return index_main(["index", *(sys.argv[1:] if argv is None else argv)])
 

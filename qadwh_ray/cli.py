@@ -12,7 +12,7 @@ import time
 
 from qadwh_ray import storage
 from qadwh_ray.data.arguments import add_data_argument
-from qadwh_ray.serving.ingress import add_ingress_argument
+from qadwh_ray.serving.cluster_env import add_ingress_argument
 
 
 DEFAULT_METHODS = "ninh,qadwh,qadwh-ref"
@@ -33,7 +33,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def load_run_config(args: argparse.Namespace, overrides: list[str] | None = None):
     """The config file + --set overrides, with --data as the dataset."""
-    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.training.config import load_config
 
     cfg = load_config(args.config, args.set if overrides is None else overrides)
     return cfg.replace(dataset=args.data) if getattr(args, "data", None) else cfg
@@ -46,7 +46,7 @@ def _add_on_argument(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from qadwh_ray.learning.datasets import load_retrieval_data
+    from qadwh_ray.training.datasets import load_retrieval_data
 
     data = load_retrieval_data(args.data, args.split_seed, args.val_fraction)
     print(data.summary())
@@ -63,7 +63,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train_local(args: argparse.Namespace) -> int:
-    from qadwh_ray.learning.local import train_local
+    from qadwh_ray.training.local import train_local
 
     cfg = load_run_config(args)
     ckpt = storage.join(args.out, "model.pt")
@@ -74,7 +74,7 @@ def cmd_train_local(args: argparse.Namespace) -> int:
 
 def _methods(args: argparse.Namespace, default: str) -> list[str]:
     """``--methods``, or the former ``--forms`` (plain, paper, reference) as the methods they named."""
-    from qadwh_ray.learning.methods import LEGACY_TRIPLET_FORMS, get_method
+    from qadwh_ray.training.methods import LEGACY_TRIPLET_FORMS, get_method
 
     if getattr(args, "forms", None):
         bad = [f for f in args.forms.split(",") if f not in LEGACY_TRIPLET_FORMS]
@@ -88,15 +88,15 @@ def _methods(args: argparse.Namespace, default: str) -> list[str]:
 
 
 def _add_methods_argument(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    from qadwh_ray.learning.methods import METHODS
+    from qadwh_ray.training.methods import METHODS
 
     p.add_argument("--methods", default=default, help=f"{what}, comma-separated: {', '.join(METHODS)}")
     p.add_argument("--forms", help=argparse.SUPPRESS)  # the former name: plain, paper, reference
 
 
 def _ablation(args: argparse.Namespace, methods: list[str]) -> int:
-    from qadwh_ray.learning.ablation import run_ablation, summarize_order
-    from qadwh_ray.learning.evaluate import format_table
+    from qadwh_ray.evaluation.ablation import run_ablation, summarize_order
+    from qadwh_ray.evaluation.evaluate import format_table
 
     cfg = load_run_config(args)
     start = time.perf_counter()
@@ -119,8 +119,8 @@ def cmd_evaluate_local(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The ablation table from trained checkpoints (e.g. written by `qadwh train`)."""
-    from qadwh_ray.learning.ablation import evaluate_checkpoints, summarize_order
-    from qadwh_ray.learning.evaluate import format_paired_table, format_table, paired_comparisons
+    from qadwh_ray.evaluation.ablation import evaluate_checkpoints, summarize_order
+    from qadwh_ray.evaluation.evaluate import format_paired_table, format_table, paired_comparisons
 
     cfg = load_run_config(args)
     flip = {"on": True, "off": False, "checkpoint": None}[args.flip_average]
@@ -141,8 +141,8 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     """Mean MAP over training seeds with 95% t intervals, and the paired differences, from several reports."""
     import json
 
-    from qadwh_ray.learning.ablation import report_seed
-    from qadwh_ray.learning.seeds import format_seed_tables, seed_differences, seed_means
+    from qadwh_ray.evaluation.ablation import report_seed
+    from qadwh_ray.evaluation.seeds import format_seed_tables, seed_differences, seed_means
 
     evaluations: dict[int, list[dict]] = {}
     sets = set()
@@ -255,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The Ray stages: each package registers its own subcommands (imports stay light).
     from qadwh_ray.client import add_search_parser
-    from qadwh_ray.indexing.cli import add_index_parser
+    from qadwh_ray.index_build.cli import add_index_parser
     from qadwh_ray.pipelines.cli import add_nightly_parser
     from qadwh_ray.serving.cli import add_serve_parser
-    from qadwh_ray.train.cli import add_train_parser
+    from qadwh_ray.ray_train.cli import add_train_parser
 
     add_train_parser(sub)
     add_index_parser(sub)

@@ -1,4 +1,4 @@
-"""One URI abstraction for every byte the project reads or writes (DESIGN.md §5).
+"""One URI abstraction for every byte the project reads or writes (docs/architecture.md, 'The layers').
 
 A URI is either a local path (the default; ``file://`` is accepted too) or
 ``s3://bucket/key``. S3 goes through pyarrow's ``S3FileSystem`` so the same

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from qadwh_ray.core.hamming import hamming_distances
     from qadwh_ray.core.metrics import mean_average_precision
-    from qadwh_ray.learning.datasets import load_retrieval_data
+    from qadwh_ray.training.datasets import load_retrieval_data
     from qadwh_ray.model import encode, load_checkpoint
     from qadwh_ray.model.encode import preprocess
 

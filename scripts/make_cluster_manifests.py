@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "cluster" / "base"
 sys.path.insert(0, str(ROOT))
 
-from qadwh_ray.serving.ingress import HAPROXY_ENV  # noqa: E402 — every Serve process needs the fast ingress
+from qadwh_ray.serving.cluster_env import HAPROXY_ENV  # noqa: E402 — every Serve process needs the fast ingress
 
 RAY_VERSION = "2.60.0"
 IMAGE = "qadwh-ray"  # a name only: cluster/image/{cpu,gpu} set registry, tag and digest

@@ -26,11 +26,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import torch  # noqa: E402
 
-from qadwh_ray.learning.ablation import checkpoint_name, evaluate_checkpoints  # noqa: E402
-from qadwh_ray.learning.config import load_config  # noqa: E402
-from qadwh_ray.learning.datasets import limit_training, load_retrieval_data  # noqa: E402
-from qadwh_ray.learning.local import train_local  # noqa: E402
-from qadwh_ray.learning.seeds import format_seed_tables, seed_differences, seed_means  # noqa: E402
+from qadwh_ray.evaluation.ablation import checkpoint_name, evaluate_checkpoints  # noqa: E402
+from qadwh_ray.training.config import load_config  # noqa: E402
+from qadwh_ray.training.datasets import limit_training, load_retrieval_data  # noqa: E402
+from qadwh_ray.training.local import train_local  # noqa: E402
+from qadwh_ray.evaluation.seeds import format_seed_tables, seed_differences, seed_means  # noqa: E402
 
 ALL = ["qadwh", "ninh", "ninh-paper", "isdh", "doh", "adsq"]
 CORE = ["qadwh", "ninh", "ninh-paper"]  # the five-seed methods at 12 and 48 bits

@@ -8,7 +8,7 @@ pytest_plugins = ["fixtures_s3"]
 
 # Logical CPUs for the shared test cluster: more than the 2 real cores, so that
 # Train workers, Data actors and Serve replicas with fractional CPUs all fit
-# without deadlocking (DESIGN.md §8).
+# without deadlocking.
 RAY_TEST_CPUS = int(os.environ.get("QADWH_TEST_RAY_CPUS", "8"))
 
 
@@ -18,7 +18,7 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        from qadwh_ray.serving.ingress import DEFAULT_INGRESS, local_cluster_env
+        from qadwh_ray.serving.cluster_env import DEFAULT_INGRESS, local_cluster_env
 
         # Serve tests run against the ingress our commands deploy by default.
         with local_cluster_env(os.environ.get("QADWH_TEST_INGRESS", DEFAULT_INGRESS)):

@@ -1,4 +1,4 @@
-"""A real S3-compatible server for the tests (DESIGN.md §5).
+"""A real S3-compatible server for the tests.
 
 moto's standalone server runs in a thread and is spoken to over HTTP on
 127.0.0.1, exactly like any S3 endpoint: nothing is monkeypatched in-process,

@@ -41,7 +41,7 @@ weights; padding bits weigh 0 and never differ), so every distance is that of
 the unpadded codes.
 
 Who uses it: :class:`qadwh_ray.core.search.HashIndex` (serving) and the
-evaluation's rankings (:mod:`qadwh_ray.learning.evaluate`) compute this same
+evaluation's rankings (:mod:`qadwh_ray.evaluation.evaluate`) compute this same
 number, so a reported MAP is the MAP of the ranking the service returns.
 Ties are ordered by item id everywhere (:mod:`qadwh_ray.core.topk`).
 """

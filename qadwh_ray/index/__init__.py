@@ -1,7 +1,7 @@
 """The index on storage: format (shards + manifest), writer, versioned store, reader.
 
 No Ray here: Serve replicas, evaluation and tests read indexes with plain
-pyarrow; only :mod:`qadwh_ray.indexing` (the Ray Data build) imports Ray.
+pyarrow; only :mod:`qadwh_ray.index_build` (the Ray Data build) imports Ray.
 """
 
 from qadwh_ray.index.format import (

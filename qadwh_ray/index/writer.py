@@ -4,8 +4,8 @@ Every writer of the format (:mod:`qadwh_ray.index.format`) goes through here:
 
 - :func:`write_shard` serialises a shard table under its file name and returns
   its manifest entry (row count, bytes, SHA-256, id range): the Ray Data build's
-  compaction (:mod:`qadwh_ray.indexing.parts`) and the update-log fold
-  (:mod:`qadwh_ray.indexing.fold`) write every shard through it;
+  compaction (:mod:`qadwh_ray.index_build.parts`) and the update-log fold
+  (:mod:`qadwh_ray.index_build.fold`) write every shard through it;
 - :func:`new_manifest` makes a version's manifest once its shards are written
   (the build's, and :func:`write_index`'s);
 - :func:`write_index` writes a whole version from in-memory arrays, in one

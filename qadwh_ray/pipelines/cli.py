@@ -25,7 +25,7 @@ __all__ = ["add_nightly_arguments", "add_nightly_parser", "cmd_nightly"]
 
 
 def add_nightly_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from qadwh_ray.indexing.cli import add_build_arguments
+    from qadwh_ray.index_build.cli import add_build_arguments
 
     add_build_arguments(p)
     g = p.add_argument_group("retrain first (Ray Train)")
@@ -53,8 +53,8 @@ def add_nightly_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from qadwh_ray.index.format import IndexFormatError
-    from qadwh_ray.indexing.cli import _options
-    from qadwh_ray.indexing.pipeline import BadInputError, IndexBuildError
+    from qadwh_ray.index_build.cli import _options
+    from qadwh_ray.index_build.pipeline import BadInputError, IndexBuildError
     from qadwh_ray.pipelines.nightly import NightlyFailed, NightlyOptions, describe_outputs, run_nightly
 
     prog = "qadwh nightly"
@@ -65,10 +65,10 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         bopts, copts = _options(args)
         train_cfg = None
         if args.retrain:
-            from qadwh_ray.learning.config import load_config
+            from qadwh_ray.training.config import load_config
 
             # retrain on the dataset being indexed, with the split the index build uses
-            from qadwh_ray.indexing.sources import dataset_of
+            from qadwh_ray.index_build.sources import dataset_of
 
             train_cfg = load_config(args.train_config, args.train_set).replace(
                 dataset=dataset_of(args.source), split=args.split, split_seed=args.split_seed)

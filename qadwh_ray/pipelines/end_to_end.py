@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qadwh_ray import storage
-from qadwh_ray.learning.ablation import checkpoint_name
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.serving.ingress import DEFAULT_INGRESS
+from qadwh_ray.evaluation.ablation import checkpoint_name
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.serving.cluster_env import DEFAULT_INGRESS
 
 __all__ = ["MainJobOptions", "run_main_job", "sample_queries", "curl_examples", "keep_serving", "stop_service"]
 
@@ -43,7 +43,7 @@ class MainJobOptions:
     ray_address: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    ingress: str = DEFAULT_INGRESS  # serving/ingress.py: HAProxy fast path or Serve's classic proxy (local clusters)
+    ingress: str = DEFAULT_INGRESS  # serving/cluster_env.py: HAProxy fast path or Serve's classic proxy (local clusters)
     num_sample_queries: int = 4
     app_name: str = "qadwh"
     progress: bool = True
@@ -59,7 +59,7 @@ def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS, log=print) ->
     import ray
 
     from qadwh_ray.ray_logs import init_ray
-    from qadwh_ray.serving.ingress import local_cluster_env
+    from qadwh_ray.serving.cluster_env import local_cluster_env
 
     if ray.is_initialized():
         return
@@ -69,7 +69,7 @@ def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS, log=print) ->
         # A fresh local cluster ("local": never a leftover `ray start` found on
         # this machine). More logical CPUs than cores so that the Train worker,
         # the Data actors and the Serve replicas (fractional CPUs) never wait
-        # on each other (DESIGN.md §8).
+        # on each other.
         with local_cluster_env(ingress):
             logs = init_ray(address="local", num_cpus=max(4, os.cpu_count() or 1))
     log(f"Ray's own logs and the workers' output: {logs or 'the cluster head node'}")
@@ -77,8 +77,8 @@ def _init_ray(address: str | None, ingress: str = DEFAULT_INGRESS, log=print) ->
 
 def train_stage(opts: MainJobOptions, data=None, log=print) -> tuple[dict[tuple[str, int], str], list[dict]]:
     """Train every (method, bits) through Ray Train; copy each model to ``out/checkpoints/<method>-<bits>.pt``."""
-    from qadwh_ray.learning.datasets import limit_training
-    from qadwh_ray.train.trainer import train_on_ray
+    from qadwh_ray.training.datasets import limit_training
+    from qadwh_ray.ray_train.trainer import train_on_ray
 
     ckpt_dir = storage.join(opts.out, "checkpoints")
     models: dict[tuple[str, int], str] = {}
@@ -169,10 +169,10 @@ def serve_stage(opts: MainJobOptions, data, log=print) -> dict:
 
 def run_main_job(opts: MainJobOptions, log=print) -> dict:
     """Run the four stages; returns what each produced. The service stays up (see ``keep_serving``)."""
-    from qadwh_ray.indexing.pipeline import BuildOptions, build_index
-    from qadwh_ray.learning.ablation import evaluate_checkpoints, summarize_order, write_report
-    from qadwh_ray.learning.datasets import load_retrieval_data
-    from qadwh_ray.learning.evaluate import format_table
+    from qadwh_ray.index_build.pipeline import BuildOptions, build_index
+    from qadwh_ray.evaluation.ablation import evaluate_checkpoints, summarize_order, write_report
+    from qadwh_ray.training.datasets import load_retrieval_data
+    from qadwh_ray.evaluation.evaluate import format_table
 
     if "qadwh" not in opts.methods:
         raise ValueError("the main job indexes and serves the QaDWH model: keep 'qadwh' in the methods")

@@ -72,7 +72,7 @@ class NightlyResult:
 
 
 def _retrain(opts: NightlyOptions, log) -> tuple[str, str]:
-    from qadwh_ray.train.trainer import train_on_ray
+    from qadwh_ray.ray_train.trainer import train_on_ray
 
     if opts.train_config is None:
         raise ValueError("retrain needs a training config")
@@ -87,9 +87,9 @@ def _retrain(opts: NightlyOptions, log) -> tuple[str, str]:
 def run_nightly(opts: NightlyOptions, log=print) -> NightlyResult:
     """Run the pipeline; raises :class:`NightlyFailed` (or ValueError/FileNotFoundError for bad arguments)."""
     from qadwh_ray.index.store import IndexStore
-    from qadwh_ray.indexing.pipeline import BuildOptions
+    from qadwh_ray.index_build.pipeline import BuildOptions
     from qadwh_ray.client import Client, ServiceError
-    from qadwh_ray.indexing.reindex import CheckFailed, CheckOptions, query_set, reindex
+    from qadwh_ray.index_build.reindex import CheckFailed, CheckOptions, query_set, reindex
 
     checks = opts.checks or CheckOptions()
     if query_set(checks.queries, opts.source) is None:  # the quality gate is what makes a nightly safe to publish

@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve import Application
 
 from qadwh_ray.serving.config import AppArgs, RuntimeConfig
-from qadwh_ray.serving.control import VersionControl
+from qadwh_ray.serving.version_pin import VersionControl
 from qadwh_ray.serving.encoder import QueryEncoder
 from qadwh_ray.serving.router import Router
 from qadwh_ray.serving.shard import Shard

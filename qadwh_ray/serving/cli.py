@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qadwh_ray.serving.ingress import add_ingress_argument
+from qadwh_ray.serving.cluster_env import add_ingress_argument
 
 __all__ = ["add_serve_parser", "cmd_serve", "serve_args_from_cli"]
 
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from qadwh_ray.serving.app import build_app
-    from qadwh_ray.serving.ingress import local_cluster_env
+    from qadwh_ray.serving.cluster_env import local_cluster_env
 
     app_args = serve_args_from_cli(args)
     from qadwh_ray.ray_logs import init_ray, quiet_ray_console

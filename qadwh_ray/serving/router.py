@@ -17,7 +17,7 @@ import logging
 from qadwh_ray.serving.auth import BearerAuth
 from qadwh_ray.serving.config import AppArgs, RuntimeConfig
 from qadwh_ray.serving.fanout import Backends, Coalescer
-from qadwh_ray.serving.ingress import inter_deployment_handle_options
+from qadwh_ray.serving.cluster_env import inter_deployment_handle_options
 from qadwh_ray.serving.metrics import RouterMetrics
 from qadwh_ray.serving.queries import QueryResolver
 from qadwh_ray.serving.searcher import Searcher
@@ -52,7 +52,7 @@ class Router:
         self.args = a = AppArgs.parse(args)
         self.metrics = metrics or RouterMetrics()
         self.replica = _replica_tag()
-        # Handles made by whoever built the app carry that process's transport; use this cluster's (serving/ingress.py).
+        # Handles made by whoever built the app carry that process's transport; use this cluster's (serving/cluster_env.py).
         opts = inter_deployment_handle_options()
         self.backends = Backends(encoder.options(**opts), [h.options(**opts) for h in shards], control.options(**opts),
                                  a.attempt_timeout_s, a.request_deadline_s, self.metrics.retry)

@@ -137,7 +137,7 @@ class Shard:
     async def __init__(self, shard: int, args: dict, encoder=None):
         from qadwh_ray.index.store import IndexStore
         from qadwh_ray.index.update_log import UpdateLog
-        from qadwh_ray.serving.ingress import inter_deployment_handle_options
+        from qadwh_ray.serving.cluster_env import inter_deployment_handle_options
 
         self.args = AppArgs.parse(args)
         self.shard = int(shard)

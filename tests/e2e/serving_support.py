@@ -30,7 +30,7 @@ class IndexFixture:
 
 def free_port() -> int:
     """A port Serve's HTTP listener binds later (outside the ranges where it could be taken first)."""
-    from qadwh_ray.serving.ingress import listen_port
+    from qadwh_ray.serving.cluster_env import listen_port
 
     return listen_port()
 

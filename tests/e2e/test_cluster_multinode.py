@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from serving_support import free_port
-from qadwh_ray.serving.ingress import HAPROXY_ENV, HAPROXY_PORT_VARS
+from qadwh_ray.serving.cluster_env import HAPROXY_ENV, HAPROXY_PORT_VARS
 
 pytestmark = pytest.mark.timeout(1500)
 

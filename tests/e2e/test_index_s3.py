@@ -9,7 +9,7 @@ from index_helpers import local_codes, spread_model
 
 from qadwh_ray.data.writers import write_parquet_images
 from qadwh_ray.index import IndexIntegrityError, IndexStore, open_index, write_index
-from qadwh_ray.indexing import BuildOptions, build_index
+from qadwh_ray.index_build import BuildOptions, build_index
 from qadwh_ray.model import save_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -73,6 +73,6 @@ def test_build_publish_read_on_s3(s3_server, ray_cluster, tmp_path):
     r.read_shard(0)
     with pytest.raises(IndexIntegrityError, match=rf"shard shard-00001\.parquet at s3://{bucket}/{key} is damaged"):
         r.read_shard(1)
-    from qadwh_ray.indexing.cli import main as cli_main
+    from qadwh_ray.index_build.cli import main as cli_main
 
     assert cli_main(["index-verify", "--root", root]) == 1

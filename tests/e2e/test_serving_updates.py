@@ -345,7 +345,7 @@ def test_folded_version_serves_the_same_items(service):
     to it and every item and answer is unchanged; the new version replays only what came after."""
     from qadwh_ray.index import IndexStore
     from qadwh_ray.index.update_log import UpdateLog
-    from qadwh_ray.indexing.fold import fold_update_log
+    from qadwh_ray.index_build.fold import fold_update_log
 
     c, fx, root = service["client"], service["fx"], service["root"]
     store = IndexStore(root)

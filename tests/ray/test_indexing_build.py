@@ -9,7 +9,7 @@ from index_helpers import local_codes, rgb_12bit_model, rgb_folder, save_model
 
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index import IndexStore, open_index
-from qadwh_ray.indexing import BadInputError, BuildOptions, build_index
+from qadwh_ray.index_build import BadInputError, BuildOptions, build_index
 from qadwh_ray.data.fashion import fashion_augmented_images
 
 pytestmark = pytest.mark.ray

@@ -12,8 +12,8 @@ import pytest
 from index_helpers import local_codes, save_model
 
 from qadwh_ray.index import IndexStore, open_index, write_index
-from qadwh_ray.indexing import BuildOptions, build_index
-from qadwh_ray.indexing.faults import KILL_ENCODER_ENV, PAUSE_BEFORE_PUBLISH_ENV
+from qadwh_ray.index_build import BuildOptions, build_index
+from qadwh_ray.index_build.faults import KILL_ENCODER_ENV, PAUSE_BEFORE_PUBLISH_ENV
 from qadwh_ray.data.fashion import fashion_augmented_images
 
 pytestmark = pytest.mark.ray

@@ -8,8 +8,8 @@ from index_helpers import local_codes, save_model
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index import IndexStore, open_index
 from qadwh_ray.index.update_log import LogEntry, UpdateLog
-from qadwh_ray.indexing import BuildOptions, CheckOptions, reindex
-from qadwh_ray.indexing.fold import read_folded_changes
+from qadwh_ray.index_build import BuildOptions, CheckOptions, reindex
+from qadwh_ray.index_build.fold import read_folded_changes
 
 pytestmark = pytest.mark.ray
 

@@ -13,7 +13,7 @@ from index_helpers import local_codes, save_model
 from qadwh_ray import storage
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index import IndexStore, open_index
-from qadwh_ray.indexing import BuildOptions, CheckOptions, newest_checkpoint, reindex
+from qadwh_ray.index_build import BuildOptions, CheckOptions, newest_checkpoint, reindex
 
 pytestmark = pytest.mark.ray
 

@@ -14,7 +14,7 @@ import pytest
 from index_helpers import save_model
 
 from qadwh_ray.index import IndexStore
-from qadwh_ray.indexing import BuildOptions, CheckOptions, reindex
+from qadwh_ray.index_build import BuildOptions, CheckOptions, reindex
 from qadwh_ray.pipelines.nightly import NightlyFailed, NightlyOptions, run_nightly
 
 pytestmark = pytest.mark.ray

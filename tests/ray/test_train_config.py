@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from qadwh_ray import storage
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.train import train_on_ray
-from qadwh_ray.train.cli import add_train_parser, run_train
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.ray_train import train_on_ray
+from qadwh_ray.ray_train.cli import add_train_parser, run_train
 
 pytestmark = pytest.mark.ray
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from qadwh_ray.core.triplets import ClassBalancedBatchSampler
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.train.data import BatchPlan, ClassBalancedDataConfig, epochs_dataset, iter_local_batches
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.ray_train.input import BatchPlan, ClassBalancedDataConfig, epochs_dataset, iter_local_batches
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +26,7 @@ def _shards(ray, images, labels, plan, world):
 
     from qadwh_ray.data.catalog import open_catalog
     from qadwh_ray.data.writers import write_parquet_images
-    from qadwh_ray.train.data import training_source
+    from qadwh_ray.ray_train.input import training_source
 
     root = tempfile.mkdtemp(prefix="qadwh-train-data-")
     write_parquet_images(f"{root}/train.parquet", images, labels, row_group_size=16)
@@ -90,7 +90,7 @@ def test_global_batch_must_split_over_workers():
 
 
 def test_augmentation_runs_in_the_data_tasks_seeded_per_step_and_rank():
-    from qadwh_ray.train.data import prepare_images
+    from qadwh_ray.ray_train.input import prepare_images
 
     images = np.random.default_rng(1).integers(0, 256, size=(8, 10, 10), dtype=np.uint8)
     src = {"mean": 0.5, "std": 0.25, "augment": True, "erase": 0.0, "seed": 4}

@@ -17,12 +17,12 @@ from torch import nn
 from qadwh_ray import storage
 from qadwh_ray.core.triplets import ClassBalancedBatchSampler
 from qadwh_ray.data.transforms import to_float_tensor
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import load_retrieval_data, limit_training
-from qadwh_ray.learning.loop import make_optimizer, train_step
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import load_retrieval_data, limit_training
+from qadwh_ray.training.loop import make_optimizer, train_step
 from qadwh_ray.model.checkpoint import load_checkpoint, load_payload
 from qadwh_ray.model.network import HashOutput, build_model
-from qadwh_ray.train import train_on_ray
+from qadwh_ray.ray_train import train_on_ray
 from qadwh_ray.data.catalog import DatasetInfo
 
 FASHION_INFO = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
@@ -51,7 +51,7 @@ def _loop_without_dropout(config):
     """The real worker loop with dropout off, so its step is deterministic."""
     import torch
 
-    from qadwh_ray.train.worker import train_loop_per_worker
+    from qadwh_ray.ray_train.worker import train_loop_per_worker
 
     torch.nn.Dropout.forward = _identity  # this Ray worker process only; it ends with the run
     return train_loop_per_worker(config)
@@ -126,8 +126,8 @@ def _crash_rank1_at_second_report(marker, store, run_name, env):
 
         import ray.train
 
-        from qadwh_ray.train.trainer import latest_checkpoint
-        from qadwh_ray.train.worker import train_loop_per_worker
+        from qadwh_ray.ray_train.trainer import latest_checkpoint
+        from qadwh_ray.ray_train.worker import train_loop_per_worker
 
         real_report = ray.train.report
         steps = []
@@ -156,9 +156,9 @@ def test_worker_restore_reads_storage_and_walks_back_past_a_damaged_checkpoint(t
     import pyarrow.fs as pafs
     import ray.train
 
-    from qadwh_ray.learning.loop import make_scheduler
+    from qadwh_ray.training.loop import make_scheduler
     from qadwh_ray.model.checkpoint import checkpoint_dir_name, save_checkpoint
-    from qadwh_ray.train.worker import _restore
+    from qadwh_ray.ray_train.worker import _restore
 
     cfg = TrainConfig(nbits=8, classes_per_batch=4, images_per_class=4, epochs=3)
 

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import limit_training, load_retrieval_data
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import limit_training, load_retrieval_data
 from qadwh_ray.model.checkpoint import load_checkpoint
-from qadwh_ray.train import train_on_ray
+from qadwh_ray.ray_train import train_on_ray
 
 pytestmark = pytest.mark.ray
 

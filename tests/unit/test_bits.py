@@ -1,4 +1,4 @@
-"""Packing convention: little-endian bits within each byte (DESIGN.md §7)."""
+"""Packing convention: little-endian bits within each byte."""
 
 import numpy as np
 import pytest

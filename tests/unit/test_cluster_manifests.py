@@ -271,7 +271,7 @@ def _substitute(entrypoint: str, env: dict) -> str:
 def _parse(script: str, args: list[str]) -> argparse.Namespace:
     """The job script's own parser (jobs/*.py builds it from these)."""
     if script == "jobs/train.py":
-        from qadwh_ray.train.cli import add_train_arguments
+        from qadwh_ray.ray_train.cli import add_train_arguments
 
         return add_train_arguments(argparse.ArgumentParser(prog=script, exit_on_error=False)).parse_args(args)
     if script == "jobs/nightly.py":
@@ -279,7 +279,7 @@ def _parse(script: str, args: list[str]) -> argparse.Namespace:
 
         return add_nightly_arguments(argparse.ArgumentParser(prog=script, exit_on_error=False)).parse_args(args)
     if script == "jobs/index.py":
-        from qadwh_ray.indexing.cli import build_parser
+        from qadwh_ray.index_build.cli import build_parser
 
         return build_parser().parse_args(["index", *args])
     if script == "jobs/evaluate.py":
@@ -296,7 +296,7 @@ def _in_repo(path: str) -> Path:
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS)
 def test_every_entrypoint_exists_and_its_arguments_parse(rendered, deployment):
-    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.training.config import load_config
 
     objs = rendered[deployment]
     jobs = _of(objs, "RayJob")
@@ -458,8 +458,8 @@ def test_no_inline_credentials(path):
 
 def test_serving_clusters_start_with_the_fast_ingress(rendered):
     """Serve reads its ingress settings from each node's environment at start: the RayService pods
-    and ray-cluster.yaml's start commands carry them (qadwh_ray/serving/ingress.py)."""
-    from qadwh_ray.serving.ingress import HAPROXY_ENV
+    and ray-cluster.yaml's start commands carry them (qadwh_ray/serving/cluster_env.py)."""
+    from qadwh_ray.serving.cluster_env import HAPROXY_ENV
 
     (svc,) = _of(rendered["default"], "RayService")
     spec = svc["spec"]["rayClusterConfig"]

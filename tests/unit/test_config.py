@@ -1,6 +1,6 @@
 import pytest
 
-from qadwh_ray.learning.config import TrainConfig, load_config, parse_overrides
+from qadwh_ray.training.config import TrainConfig, load_config, parse_overrides
 from qadwh_ray.data.catalog import DatasetInfo
 
 FASHION_INFO = DatasetInfo("fashion", "fashion", tuple(str(i) for i in range(10)), False, "L", (28, 28), 70000)
@@ -66,7 +66,7 @@ def test_round_trip_dict():
 def test_lr_schedules_step_and_cosine():
     import torch
 
-    from qadwh_ray.learning.loop import make_scheduler
+    from qadwh_ray.training.loop import make_scheduler
 
     def rates(cfg):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)

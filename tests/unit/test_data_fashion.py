@@ -164,7 +164,7 @@ def test_validation_protocol_is_disjoint_from_test_queries_and_training(fashion)
 
 
 def test_retrieval_data_on_validation_swaps_queries_and_database_only():
-    from qadwh_ray.learning.datasets import load_retrieval_data
+    from qadwh_ray.training.datasets import load_retrieval_data
 
     test = load_retrieval_data("fashion", 0, 0.1, evaluate_on="test")
     val = load_retrieval_data("fashion", 0, 0.1, evaluate_on="validation")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from qadwh_ray.capacity import Capacity
-from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.training.config import TrainConfig
 from qadwh_ray.serving.config import INDEX_ENV, AppArgs
-from qadwh_ray.train.trainer import check_cluster
+from qadwh_ray.ray_train.trainer import check_cluster
 
 
 def test_the_index_root_comes_from_the_environment_when_args_give_none(monkeypatch):
@@ -56,7 +56,7 @@ def test_a_service_deployed_before_its_first_index_waits_for_it(tmp_path):
 
 
 def test_the_nightly_refuses_to_publish_without_its_map_gate(tmp_path):
-    from qadwh_ray.indexing.reindex import CheckOptions
+    from qadwh_ray.index_build.reindex import CheckOptions
     from qadwh_ray.pipelines.nightly import NightlyOptions, run_nightly
 
     for queries in ("none", "", None):

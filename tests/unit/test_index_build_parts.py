@@ -10,10 +10,10 @@ import pytest
 from qadwh_ray import storage
 from qadwh_ray.data.transforms import encode_png
 from qadwh_ray.index.format import ShardInfo, check_shard_bytes, shard_data_from_table, shard_of_ids
-from qadwh_ray.indexing.errors import IndexBuildError
-from qadwh_ray.indexing.parts import compact_shard, write_parts
+from qadwh_ray.index_build.errors import IndexBuildError
+from qadwh_ray.index_build.parts import compact_shard, write_parts
 from qadwh_ray.data.fashion import fashion_augmented_images
-from qadwh_ray.indexing.sources import _catalog_batch, plan_source
+from qadwh_ray.index_build.sources import _catalog_batch, plan_source
 
 
 def _png(size=28, value=7):

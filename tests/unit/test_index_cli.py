@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadwh_ray.index.writer import write_index
-from qadwh_ray.indexing.cli import main
+from qadwh_ray.index_build.cli import main
 
 
 def _ckpt(tmp_path):

@@ -1,11 +1,11 @@
-"""The build's fault seam (qadwh_ray/indexing/faults.py): a no-op unless a test arms a point."""
+"""The build's fault seam (qadwh_ray/index_build/faults.py): a no-op unless a test arms a point."""
 
 import subprocess
 import sys
 
 import pytest
 
-from qadwh_ray.indexing.faults import KILL_ENCODER_ENV, PAUSE_BEFORE_PUBLISH_ENV, PAUSE_SECONDS_ENV, POINTS, fault_point
+from qadwh_ray.index_build.faults import KILL_ENCODER_ENV, PAUSE_BEFORE_PUBLISH_ENV, PAUSE_SECONDS_ENV, POINTS, fault_point
 
 
 def test_unarmed_points_do_nothing(monkeypatch):
@@ -19,7 +19,7 @@ def test_unarmed_points_do_nothing(monkeypatch):
 
 def test_kill_encoder_kills_the_first_process_only(tmp_path):
     marker = tmp_path / "crashed"
-    code = "from qadwh_ray.indexing.faults import fault_point; fault_point('encoder-batch'); print('survived')"
+    code = "from qadwh_ray.index_build.faults import fault_point; fault_point('encoder-batch'); print('survived')"
     env = {KILL_ENCODER_ENV: str(marker), "PATH": "/usr/bin:/bin"}
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 1 and "survived" not in first.stdout

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 from qadwh_ray.core.hamming import hamming_distances, weighted_hamming_distances
 from qadwh_ray.core.metrics import average_precisions
 from qadwh_ray.core.stats import paired_difference
-from qadwh_ray.learning.ablation import evaluate_checkpoints, run_ablation, summarize_order
-from qadwh_ray.learning.export import slug
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
-from qadwh_ray.learning.local import train_local
+from qadwh_ray.evaluation.ablation import evaluate_checkpoints, run_ablation, summarize_order
+from qadwh_ray.evaluation.export import slug
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import RetrievalData, load_retrieval_data
+from qadwh_ray.training.local import train_local
 from qadwh_ray.model import load_checkpoint
 from qadwh_ray.model.checkpoint import load_payload
 from qadwh_ray.data.catalog import DatasetInfo
@@ -58,7 +58,7 @@ def test_ninh_keeps_W_frozen_at_one(small_data):
 
 def test_weight_warmup_keeps_W_at_one_then_learns_it(small_data):
     from qadwh_ray.data.transforms import to_float_tensor
-    from qadwh_ray.learning.loop import make_optimizer, train_step
+    from qadwh_ray.training.loop import make_optimizer, train_step
     from qadwh_ray.model.network import build_model
 
     cfg = TrainConfig(nbits=8, epochs=3, weight_warmup_epochs=2, classes_per_batch=4, images_per_class=4)
@@ -80,7 +80,7 @@ def test_weight_warmup_keeps_W_at_one_then_learns_it(small_data):
 
 
 def test_weight_lr_scale_gives_W_its_own_rate_under_the_schedule():
-    from qadwh_ray.learning.loop import make_optimizer, make_scheduler
+    from qadwh_ray.training.loop import make_optimizer, make_scheduler
     from qadwh_ray.model.network import build_model
 
     cfg = TrainConfig(nbits=8, epochs=4, lr=1e-3, weight_lr_scale=10.0, lr_schedule="cosine")
@@ -136,13 +136,13 @@ def test_ablation_table_has_every_ranking(small_data, tmp_path):
 def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=1, max_steps=1, classes_per_batch=4, images_per_class=4)
     run_ablation(cfg, [8], ["qadwh"], out_dir=str(tmp_path), progress=False, log=lambda *_: None, data=small_data)
-    monkeypatch.setattr("qadwh_ray.learning.ablation.load_retrieval_data", lambda *a, **k: small_data)
+    monkeypatch.setattr("qadwh_ray.evaluation.ablation.load_retrieval_data", lambda *a, **k: small_data)
     rows = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None, out_dir=str(tmp_path / "ev"))
     assert [r.method for r in rows][-1] == "QaDWH"
     (run,) = json.loads((tmp_path / "ev" / "ablation.json").read_text())["runs"]
     assert (run["method"], run["seed"], run["checkpoint"]) == ("qadwh", cfg.seed, str(tmp_path / "qadwh-8.pt"))
     # --flip-average on: the same rankings as the model whose own config says so
-    from qadwh_ray.learning.ablation import evaluate_models
+    from qadwh_ray.evaluation.ablation import evaluate_models
     from qadwh_ray.model.checkpoint import load_checkpoint
 
     flipped = evaluate_checkpoints(str(tmp_path), [8], ["qadwh"], cfg, log=lambda *_: None, flip_average=True)
@@ -163,8 +163,8 @@ def test_evaluate_checkpoints_reads_the_naming_convention(small_data, tmp_path, 
 
 def test_a_12_bit_model_trains_and_validates(tmp_path):
     """The paper's 12 bits: training (with weighted validation MAP) and evaluation run end to end."""
-    from qadwh_ray.learning.config import TrainConfig
-    from qadwh_ray.learning.local import train_local
+    from qadwh_ray.training.config import TrainConfig
+    from qadwh_ray.training.local import train_local
 
     cfg = TrainConfig(nbits=12, max_steps=2, epochs=1, train_limit=400, val_fraction=0.1)
     result = train_local(cfg, checkpoint_uri=str(tmp_path / "m.pt"), progress=False, log=lambda *_: None)

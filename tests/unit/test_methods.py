@@ -9,12 +9,12 @@ import torch
 
 from qadwh_ray.core.bits import unpack_bits
 from qadwh_ray.core.metrics import mean_average_precision
-from qadwh_ray.learning.ablation import evaluate_models
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data, model_config_for
-from qadwh_ray.learning.evaluate import distances_for
-from qadwh_ray.learning.local import train_local
-from qadwh_ray.learning.rankings import main_ranking
+from qadwh_ray.evaluation.ablation import evaluate_models
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import RetrievalData, load_retrieval_data, model_config_for
+from qadwh_ray.evaluation.evaluate import distances_for
+from qadwh_ray.training.local import train_local
+from qadwh_ray.evaluation.rankings import main_ranking
 from qadwh_ray.model import ModelConfig, build_model, encode, load_checkpoint
 from qadwh_ray.model.asymmetric import AsymmetricHashingNetwork
 from qadwh_ray.model.encode import preprocess

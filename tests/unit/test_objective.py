@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from qadwh_ray.data.catalog import DatasetInfo
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.objective import batch_objective, project_weights_
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.objective import batch_objective, project_weights_
 from qadwh_ray.model import ModelConfig, build_model
 
 N, WORLD = 16, 2
@@ -52,7 +52,7 @@ def _config(method, average):
 def _worker(rank, port, form, average, out_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from qadwh_ray.learning.distributed import TorchDistributedGather
+    from qadwh_ray.training.distributed import TorchDistributedGather
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -86,7 +86,7 @@ def _pair_forward(model, method, x, labels):
 def _pair_worker(rank, port, method, out_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from qadwh_ray.learning.distributed import TorchDistributedGather
+    from qadwh_ray.training.distributed import TorchDistributedGather
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)

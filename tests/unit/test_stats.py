@@ -122,7 +122,7 @@ def test_bad_input_is_named():
 
 
 def test_seed_tables_pair_the_reference_with_each_ranking_seed_by_seed():
-    from qadwh_ray.learning.seeds import format_seed_tables, seed_differences, seed_means
+    from qadwh_ray.evaluation.seeds import format_seed_tables, seed_differences, seed_means
 
     ev = {
         0: [{"nbits": 12, "method": "QaDWH", "map_all": 0.80}, {"nbits": 12, "method": "NINH", "map_all": 0.78}],

@@ -5,8 +5,8 @@ checked before any worker starts (config, cluster size, storage reachable,
 resume compatibility) so bad settings fail in seconds and leave no
 half-written checkpoint; then it runs a Ray Train V2 ``TorchTrainer`` (DDP over
 gloo on CPUs, NCCL on GPUs) whose workers call the local trainer's step
-function (:mod:`qadwh_ray.train.worker`) on class-balanced global batches
-streamed by Ray Data (:mod:`qadwh_ray.train.data`).
+function (:mod:`qadwh_ray.ray_train.worker`) on class-balanced global batches
+streamed by Ray Data (:mod:`qadwh_ray.ray_train.input`).
 
 Checkpoints go to ``RunConfig(storage_path, name)``; re-running with the same
 name resumes from the latest one, and ``FailureConfig(max_failures)`` restarts
@@ -25,8 +25,8 @@ import numpy as np
 
 from qadwh_ray import storage
 from qadwh_ray.capacity import cluster_capacity
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import RetrievalData, load_training_data, model_config_for
 from qadwh_ray.model.checkpoint import FILENAME, load_newest_good
 
 STORAGE_ENV = "QADWH_STORAGE"
@@ -203,8 +203,8 @@ def train_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from qadwh_ray.data.readers import read_images
-    from qadwh_ray.train.data import BatchPlan, ClassBalancedDataConfig, epochs_dataset, training_source
-    from qadwh_ray.train.worker import train_loop_per_worker as default_loop
+    from qadwh_ray.ray_train.input import BatchPlan, ClassBalancedDataConfig, epochs_dataset, training_source
+    from qadwh_ray.ray_train.worker import train_loop_per_worker as default_loop
 
     t0 = time.perf_counter()
     if not isinstance(cfg, TrainConfig):

@@ -172,7 +172,7 @@ def plan_source(
         return SourcePlan("fashion-augmented", spec, n, (28, 28), mode, num_classes, params={"items": n})
     from qadwh_ray.data.catalog import open_catalog
     from qadwh_ray.data.split import Split
-    from qadwh_ray.learning.datasets import dataset_split
+    from qadwh_ray.training.datasets import dataset_split
 
     cat = open_catalog(spec, split_seed=split_seed, num_classes=num_classes)
     if part == "all":

@@ -167,7 +167,7 @@ def limit_training(data: RetrievalData, limit: int | None, seed: int = 0) -> Ret
 
 
 def load_training_data(cfg, catalog: Catalog | None = None) -> RetrievalData:
-    """The data a :class:`~qadwh_ray.learning.config.TrainConfig` trains on (``train_limit`` applied)."""
+    """The data a :class:`~qadwh_ray.training.config.TrainConfig` trains on (``train_limit`` applied)."""
     data = load_retrieval_data(cfg.dataset, cfg.split_seed, cfg.val_fraction, image_size=cfg.image_size,
                                split_uri=cfg.split, catalog=catalog)
     return limit_training(data, cfg.train_limit, cfg.split_seed)

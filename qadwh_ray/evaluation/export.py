@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadwh_ray import storage
-from qadwh_ray.learning.evaluate import Ranking
+from qadwh_ray.evaluation.evaluate import Ranking
 
 
 def _codes(codes: np.ndarray) -> pa.Array:

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from qadwh_ray.core.metrics import mean_average_precision
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.objective import Gather, LossParts, batch_objective, project_weights_
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.objective import Gather, LossParts, batch_objective, project_weights_
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,8 +85,8 @@ def validation_map(
 
     Encoded without flip averaging even where the model's config asks for it:
     this is a per-epoch screen, and averaging would double its cost."""
-    from qadwh_ray.learning.evaluate import distances_for
-    from qadwh_ray.learning.rankings import main_ranking
+    from qadwh_ray.evaluation.evaluate import distances_for
+    from qadwh_ray.evaluation.rankings import main_ranking
 
     r = main_ranking(method, unwrap(model), query_images, db_images, flip_average=False)
     dist = distances_for(r, slice(0, len(query_images)))

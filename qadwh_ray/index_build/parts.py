@@ -21,7 +21,7 @@ from qadwh_ray import storage
 from qadwh_ray.core.bits import code_bytes
 from qadwh_ray.index.format import ShardInfo, check_shard_bytes, make_shard_table, shard_of_ids
 from qadwh_ray.index.writer import write_shard
-from qadwh_ray.indexing.errors import IndexBuildError
+from qadwh_ray.index_build.errors import IndexBuildError
 
 __all__ = ["PARTS_DIR", "write_parts", "compact_shard"]
 

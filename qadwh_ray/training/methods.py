@@ -2,7 +2,7 @@
 
 Each method fixes a network architecture, an objective and whether it uses a
 classification stream and class-wise bit weights W. The rankings evaluated per
-method are in :mod:`qadwh_ray.learning.rankings`: a ``qadwh`` model gives the
+method are in :mod:`qadwh_ray.evaluation.rankings`: a ``qadwh`` model gives the
 QaDWH, DWH (the same model with one fixed weight vector, the paper's ablation)
 and plain-Hamming rankings, and lends its features to the LSH and ITQ
 baselines, so DWH, LSH and ITQ are rankings, not methods to train.

@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 
 from qadwh_ray.core.triplets import ClassBalancedBatchSampler
 from qadwh_ray.data.transforms import resize, to_float_tensor, train_augment
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_training_data, model_config_for
-from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import RetrievalData, load_training_data, model_config_for
+from qadwh_ray.training.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import save_checkpoint
 from qadwh_ray.model.network import build_model
 

@@ -24,7 +24,7 @@ from qadwh_ray.core.losses import multilabel_softmax_loss, triplet_loss, weighte
 from qadwh_ray.core.pair_losses import adsq_loss, isdh_loss, ordinal_pair_loss
 from qadwh_ray.core.triplets import all_valid_triplets, sample_triplets
 from qadwh_ray.core.weights import class_weight_rows
-from qadwh_ray.learning.config import TrainConfig
+from qadwh_ray.training.config import TrainConfig
 from qadwh_ray.model.asymmetric import AsymmetricOutput
 from qadwh_ray.model.network import HashOutput
 

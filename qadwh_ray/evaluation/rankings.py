@@ -22,8 +22,8 @@ import torch
 
 from qadwh_ray.core.baselines import fit_itq, fit_lsh
 from qadwh_ray.core.weights import asymmetric_query
-from qadwh_ray.learning.evaluate import Ranking
-from qadwh_ray.learning.methods import get_method
+from qadwh_ray.evaluation.evaluate import Ranking
+from qadwh_ray.training.methods import get_method
 from qadwh_ray.model.encode import encode
 
 PLAIN_CODES = "QaDWH codes, plain Hamming"

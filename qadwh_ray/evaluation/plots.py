@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from qadwh_ray.learning.evaluate import RankingMetrics  # noqa: E402
+from qadwh_ray.evaluation.evaluate import RankingMetrics  # noqa: E402
 
 
 def plot_curves(rows: list[RankingMetrics], out_dir: str, prefix: str = "") -> list[str]:

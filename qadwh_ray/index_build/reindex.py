@@ -29,7 +29,7 @@ import numpy as np
 from qadwh_ray import storage
 from qadwh_ray.index.format import Manifest, ShardData, check_shard_bytes, shard_data_from_table
 from qadwh_ray.index.store import IndexStore
-from qadwh_ray.indexing.pipeline import BuildOptions, BuildResult, IndexBuildError, build_index, publish_version
+from qadwh_ray.index_build.pipeline import BuildOptions, BuildResult, IndexBuildError, build_index, publish_version
 from qadwh_ray.model.checkpoint import newest_checkpoint
 
 __all__ = ["CheckOptions", "CheckFailed", "newest_checkpoint", "load_queries", "query_set", "map_of_index", "run_checks", "reindex"]
@@ -69,7 +69,7 @@ def load_queries(spec: str, num_classes: int, split_seed: int = 0, limit: int | 
     from qadwh_ray.data.catalog import open_catalog
     from qadwh_ray.data.readers import read_images
     from qadwh_ray.data.split import Split
-    from qadwh_ray.learning.datasets import dataset_split
+    from qadwh_ray.training.datasets import dataset_split
 
     if ":" in spec and spec.split(":", 1)[0] in ("fashion", "fashion-multilabel"):
         spec = spec.split(":", 1)[0]
@@ -289,7 +289,7 @@ def reindex(
     result = build_index(ckpt, source, out, staged_opts, incremental=incremental, ray_address=ray_address)
     m = result.manifest
     expected = (current.num_items if incremental and current else 0) + result.rows_read - result.bad_rows
-    expected += int((m.updates or {}).get("items_delta", 0))  # the update log folded in (indexing/fold.py)
+    expected += int((m.updates or {}).get("items_delta", 0))  # the update log folded in (index_build/fold.py)
     query_spec = query_set(copts.queries, source)
     try:
         figures = run_checks(

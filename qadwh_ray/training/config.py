@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import yaml
 
 from qadwh_ray.core.bits import check_code_length
-from qadwh_ray.learning.methods import LEGACY_TRIPLET_FORMS, METHODS, Method, get_method
+from qadwh_ray.training.methods import LEGACY_TRIPLET_FORMS, METHODS, Method, get_method
 from qadwh_ray.model.config import BACKBONES, CLASS_INPUTS, ModelConfig
 
 SYMBOL_BITS = (1, 2, 4)  # DOH: K = 2, 4 or 16 scores per symbol
@@ -37,7 +37,7 @@ class TrainConfig:
     image_size: int | None = None  # the model's input side; default: the data's own (first image's larger side)
     class_input: str = "features"  # features (the paper's two streams) | codes: the classifier reads h
     flip_average: bool = False  # encode as the mean over the image and its mirror (ModelConfig)
-    # the method trained (learning/methods.py): qadwh | qadwh-ref | ninh | ninh-paper | isdh | doh | adsq
+    # the method trained (training/methods.py): qadwh | qadwh-ref | ninh | ninh-paper | isdh | doh | adsq
     method: str = "qadwh"
     # triplet methods (qadwh, qadwh-ref, ninh, ninh-paper): L = L_tri + λ L_cls (eq. 10, 11)
     margin: float = 2.0

@@ -3,8 +3,8 @@
 ``run_ablation`` trains locally and evaluates; ``evaluate_checkpoints`` ranks
 models trained elsewhere (Ray Train) from their checkpoints, by the naming
 convention ``<method>-<bits>.pt`` (``qadwh-48.pt``, ``ninh-paper-12.pt``, ...), or
-from the Ray Train runs of those names. Methods: :mod:`qadwh_ray.learning.methods`;
-the rankings of each: :mod:`qadwh_ray.learning.rankings`.
+from the Ray Train runs of those names. Methods: :mod:`qadwh_ray.training.methods`;
+the rankings of each: :mod:`qadwh_ray.evaluation.rankings`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import time
 
 from qadwh_ray import storage
 from qadwh_ray.core.stats import paired_difference
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.datasets import RetrievalData, load_retrieval_data
-from qadwh_ray.learning.evaluate import (
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.datasets import RetrievalData, load_retrieval_data
+from qadwh_ray.evaluation.evaluate import (
     RankingMetrics, evaluate_ranking, format_paired_table, format_table, paired_comparisons,
 )
-from qadwh_ray.learning.local import train_local
-from qadwh_ray.learning.methods import LEGACY_TRIPLET_FORMS, get_method
-from qadwh_ray.learning.rankings import method_rankings
+from qadwh_ray.training.local import train_local
+from qadwh_ray.training.methods import LEGACY_TRIPLET_FORMS, get_method
+from qadwh_ray.evaluation.rankings import method_rankings
 from qadwh_ray.model.checkpoint import load_payload, model_from_payload, newest_checkpoint
 
 
@@ -48,7 +48,7 @@ def evaluate_models(
     log=print,
 ) -> list[RankingMetrics]:
     """Rank with every ``(method, bits, model)``'s rankings on ``data``; optionally export what was ranked."""
-    from qadwh_ray.learning.export import export_ranking
+    from qadwh_ray.evaluation.export import export_ranking
 
     rows = []
     for method, nbits, model in models:
@@ -73,7 +73,7 @@ def write_report(out_dir: str, data: RetrievalData, cfg: TrainConfig, rows: list
     storage.write_bytes(storage.join(out_dir, "ablation.md"),
                         (format_table(rows) + "\n\n" + format_paired_table(pairs) + "\n").encode())
     if plots and storage.is_local(out_dir):
-        from qadwh_ray.learning.plots import plot_curves
+        from qadwh_ray.evaluation.plots import plot_curves
 
         plot_curves(rows, storage.local_path(out_dir))
 

@@ -41,11 +41,11 @@ from qadwh_ray import storage
 from qadwh_ray.index.format import Manifest, ShardInfo, class_names_for, shard_file_name
 from qadwh_ray.index.store import IndexStore
 from qadwh_ray.index.writer import checkpoint_record, new_manifest
-from qadwh_ray.indexing.encoder import Encoder
-from qadwh_ray.indexing.errors import BadInputError, IndexBuildError
-from qadwh_ray.indexing.faults import fault_point
-from qadwh_ray.indexing.parts import PARTS_DIR, compact_shard, write_parts
-from qadwh_ray.indexing.sources import SourcePlan, plan_source
+from qadwh_ray.index_build.encoder import Encoder
+from qadwh_ray.index_build.errors import BadInputError, IndexBuildError
+from qadwh_ray.index_build.faults import fault_point
+from qadwh_ray.index_build.parts import PARTS_DIR, compact_shard, write_parts
+from qadwh_ray.index_build.sources import SourcePlan, plan_source
 
 if TYPE_CHECKING:
     from qadwh_ray.model.config import ModelConfig
@@ -385,7 +385,7 @@ def account_rows(plan: BuildPlan, parts: EncodedParts, compacted: list[dict], sk
 def stage_version(store: IndexStore, plan: BuildPlan, shards: list[ShardInfo], bad_rows: list[dict], build: dict,
                   checks: dict | None) -> Manifest:
     """Step 6: write the manifest, with the update log folded in, into staging and verify every shard against it."""
-    from qadwh_ray.indexing.fold import FoldError, fold_update_log
+    from qadwh_ray.index_build.fold import FoldError, fold_update_log
 
     added = plan.source.n_rows - len(bad_rows)
     manifest = new_manifest(
@@ -442,7 +442,7 @@ def build_index(
     ``incremental``: append the source's items to the current version (encoded
     with the same checkpoint, which must match the current version's) without
     re-encoding it. With ``options.publish`` the version becomes current once
-    verified; otherwise it stays staged (see :mod:`qadwh_ray.indexing.reindex`).
+    verified; otherwise it stays staged (see :mod:`qadwh_ray.index_build.reindex`).
     """
     opts = options or BuildOptions()
     t0 = time.perf_counter()

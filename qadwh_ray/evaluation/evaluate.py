@@ -4,7 +4,7 @@ A :class:`Ranking` is what gets ranked: packed codes under plain Hamming, under 
 weighted Hamming distance (QaDWH's query-adaptive weights, DWH's fixed ones, or
 ADSQ's asymmetric distance written as weights), or under DOH's count of
 differing symbols. Which rankings each method's model gives is in
-:mod:`qadwh_ray.learning.rankings`. Ties are ordered by item id everywhere
+:mod:`qadwh_ray.evaluation.rankings`. Ties are ordered by item id everywhere
 (core.metrics). Weighted rankings use :mod:`qadwh_ray.core.hamming`'s canonical
 distance, the search service's own, so a reported MAP is that of the service's ranking.
 """

@@ -80,8 +80,8 @@ def _none(v: str | None) -> str | None:
 
 
 def _options(args: argparse.Namespace):
-    from qadwh_ray.indexing.pipeline import BuildOptions
-    from qadwh_ray.indexing.reindex import CheckOptions
+    from qadwh_ray.index_build.pipeline import BuildOptions
+    from qadwh_ray.index_build.reindex import CheckOptions
 
     b = BuildOptions(
         shards=args.shards,
@@ -113,9 +113,9 @@ def _options(args: argparse.Namespace):
 
 def cmd_index(args: argparse.Namespace) -> int:
     from qadwh_ray.index.format import IndexFormatError
-    from qadwh_ray.indexing.errors import BadInputError, IndexBuildError
-    from qadwh_ray.indexing.pipeline import build_index
-    from qadwh_ray.indexing.reindex import CheckFailed, reindex
+    from qadwh_ray.index_build.errors import BadInputError, IndexBuildError
+    from qadwh_ray.index_build.pipeline import build_index
+    from qadwh_ray.index_build.reindex import CheckFailed, reindex
 
     prog = "qadwh index"
     if not args.out:
@@ -129,7 +129,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.reindex or args.incremental:
             result = reindex(args.checkpoint, args.source, args.out, bopts, copts, incremental=args.incremental, ray_address=args.ray_address)
         else:
-            from qadwh_ray.indexing.reindex import newest_checkpoint
+            from qadwh_ray.index_build.reindex import newest_checkpoint
 
             # a checkpoint file, a directory holding model.pt, or a training run's directory (its newest checkpoint)
             result = build_index(newest_checkpoint(args.checkpoint), args.source, args.out, bopts, ray_address=args.ray_address)

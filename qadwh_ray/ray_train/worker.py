@@ -1,4 +1,4 @@
-"""The Ray Train worker loop: Ray inputs in, :func:`qadwh_ray.learning.loop.train_step` calls out.
+"""The Ray Train worker loop: Ray inputs in, :func:`qadwh_ray.training.loop.train_step` calls out.
 
 Thin on purpose: the model, optimiser, schedule, objective and step are the
 local trainer's; this file only adds what running on N workers needs (DDP, the
@@ -19,13 +19,13 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
-from qadwh_ray.learning.config import TrainConfig
-from qadwh_ray.learning.loop import make_optimizer, make_scheduler, train_step, validation_map
+from qadwh_ray.training.config import TrainConfig
+from qadwh_ray.training.loop import make_optimizer, make_scheduler, train_step, validation_map
 from qadwh_ray.model.checkpoint import FILENAME, checkpoint_bytes, checkpoint_dir_name, load_newest_good, write_with_checksum
 from qadwh_ray.model.config import ModelConfig
 from qadwh_ray.model.network import build_model
 from qadwh_ray.ray_logs import console_print
-from qadwh_ray.train.data import DATASET_NAME, BatchPlan, iter_local_batches
+from qadwh_ray.ray_train.input import DATASET_NAME, BatchPlan, iter_local_batches
 
 
 def _triplet_rng(cfg: TrainConfig, rank: int, epoch: int) -> np.random.Generator:
@@ -73,7 +73,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from qadwh_ray.learning.distributed import TorchDistributedGather
+        from qadwh_ray.training.distributed import TorchDistributedGather
 
         model = DDP(
             net,
@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict) -> dict:
     rng = _triplet_rng(cfg, rank, plan.epoch_of(step))
     bar = _progress_bar(plan, start_step) if rank == 0 and config.get("progress") else None
     for batch in iter_local_batches(shard, plan, world, start_step, device):
-        x = batch.images  # normalised and augmented by the Ray Data tasks (train/data.py)
+        x = batch.images  # normalised and augmented by the Ray Data tasks (ray_train/input.py)
         parts = train_step(model, optimizer, x, batch.labels, cfg, rng, gather, epoch=plan.epoch_of(step))
         sums["loss"] += float(parts.total.detach()) / world  # Σ over ranks = the global batch's loss
         sums["triplet"] += parts.triplet

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from qadwh_ray.serving import ingress
-from qadwh_ray.serving.ingress import HAPROXY_ENV, HAPROXY_PORT_VARS, check_ingress, ingress_env, listen_port, local_cluster_env
+from qadwh_ray.serving import cluster_env
+from qadwh_ray.serving.cluster_env import HAPROXY_ENV, HAPROXY_PORT_VARS, check_ingress, ingress_env, listen_port, local_cluster_env
 
 
 def test_modes_and_their_environment():
@@ -27,7 +27,7 @@ def test_variables_are_held_for_the_start_only_and_the_users_win(monkeypatch):
         assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         ports = [int(os.environ[var]) for var in HAPROXY_PORT_VARS]
         # free ports between Ray's worker ports and the ephemeral range, not 8404/9101
-        assert len(set(ports)) == 2 and all(ingress.RAY_WORKER_PORTS_END <= p < ingress._ephemeral_start() for p in ports)
+        assert len(set(ports)) == 2 and all(cluster_env.RAY_WORKER_PORTS_END <= p < cluster_env._ephemeral_start() for p in ports)
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ and not any(v in os.environ for v in HAPROXY_PORT_VARS)
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
 
@@ -40,16 +40,16 @@ def test_proxy_mode_sets_nothing(monkeypatch):
 
 
 def test_listen_ports_avoid_ray_worker_and_ephemeral_ports_and_taken_ones(monkeypatch):
-    with open(ingress.EPHEMERAL_RANGE_FILE) as f:
+    with open(cluster_env.EPHEMERAL_RANGE_FILE) as f:
         ephemeral_start = int(f.read().split()[0])
     for _ in range(50):
-        assert ingress.RAY_WORKER_PORTS_END <= listen_port() < ephemeral_start
+        assert cluster_env.RAY_WORKER_PORTS_END <= listen_port() < ephemeral_start
     # a port in use on any address is never handed out, nor an excluded one
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", listen_port()))
         busy.listen()
         taken = busy.getsockname()[1]
-        monkeypatch.setattr(ingress.random.SystemRandom, "randrange", lambda self, lo, hi: taken)
+        monkeypatch.setattr(cluster_env.random.SystemRandom, "randrange", lambda self, lo, hi: taken)
         port = listen_port(attempts=5)  # every candidate is taken: the kernel picks one
         assert port != taken and port > 0
         assert listen_port(exclude={port}, attempts=0) != port

@@ -45,12 +45,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     from qadwh_ray.storage import StorageError
-    from qadwh_ray.learning.config import load_config
+    from qadwh_ray.training.config import load_config
 
     try:
         cfg = load_config(args.config, args.set)
         cfg = cfg.replace(dataset=args.data) if args.data else cfg
-        from qadwh_ray.train.trainer import train_on_ray
+        from qadwh_ray.ray_train.trainer import train_on_ray
 
         info = train_on_ray(
             cfg,

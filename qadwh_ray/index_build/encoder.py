@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from qadwh_ray.core.bits import code_bytes
-from qadwh_ray.indexing.errors import IndexBuildError
-from qadwh_ray.indexing.faults import fault_point
+from qadwh_ray.index_build.errors import IndexBuildError
+from qadwh_ray.index_build.faults import fault_point
 
 __all__ = ["Encoder"]
 

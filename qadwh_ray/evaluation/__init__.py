@@ -1,0 +1,1 @@
+"""Evaluation: every method's rankings on the same queries, metrics, paired statistics, reports (no Ray)."""

@@ -1,1 +1,0 @@
-"""Training and evaluation logic shared by the local trainer and Ray Train (no Ray here)."""
